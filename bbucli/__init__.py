@@ -1,0 +1,28 @@
+"""bbu: fine-tune Qwen2.5-VL to inspect telecom BBU cabinets.
+
+Public names are imported lazily so that `bbu --help` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0.dev0"
+
+_PUBLIC: dict[str, str] = {
+    "BbuError": "bbucli.errors",
+}
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bbucli' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+__all__ = ["__version__", *_PUBLIC]

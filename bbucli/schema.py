@@ -1,0 +1,216 @@
+"""The canonical JSONL episode (DESIGN 1.3): types, parsing with file/line errors, atomic writes.
+
+One line = one episode:
+    {"teachers": [Sample, ...], "student": Sample, "meta": {...}}
+    Sample = {"images": ["images/x.jpeg"], "objects": [{"bbox_2d": [x1, y1, x2, y2], "desc": "a/b/c"}]}
+Image paths are relative to the JSONL file's folder; `bbox_2d` are integer xyxy pixels of the
+stored (already resized) image; objects are sorted by (y1, x1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bbucli.errors import SchemaError
+
+
+@dataclass(frozen=True)
+class DetObject:
+    """One annotated object: `bbox_2d` integer xyxy pixels of the stored image, canonical desc."""
+
+    bbox_2d: tuple[int, int, int, int]
+    desc: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox_2d": list(self.bbox_2d), "desc": self.desc}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its objects (a teacher or the student of an episode)."""
+
+    images: tuple[str, ...]
+    objects: tuple[DetObject, ...] = ()
+
+    @property
+    def image(self) -> str:
+        """The sample's single image path (relative to the JSONL folder)."""
+        return self.images[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": list(self.images), "objects": [o.to_dict() for o in self.objects]}
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Teachers (annotated examples shown first) and the student image to annotate."""
+
+    student: Sample
+    teachers: tuple[Sample, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        """Teachers then the student, in conversation order."""
+        return (*self.teachers, self.student)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "teachers": [t.to_dict() for t in self.teachers],
+            "student": self.student.to_dict(),
+        }
+        if self.meta:
+            out["meta"] = dict(self.meta)
+        return out
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """A malformed JSONL record: where it is and what is wrong with it."""
+
+    path: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+def sort_objects(objects: Iterable[DetObject]) -> tuple[DetObject, ...]:
+    """Objects in the canonical order: by (y1, x1), then the rest of the box and the desc."""
+    return tuple(sorted(objects, key=lambda o: (o.bbox_2d[1], o.bbox_2d[0], o.bbox_2d, o.desc)))
+
+
+def _object_from_dict(raw: Any, where: str) -> DetObject:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be an object, got {type(raw).__name__}")
+    box = raw.get("bbox_2d")
+    if not isinstance(box, list) or len(box) != 4:
+        raise ValueError(f"{where}.bbox_2d must be a list of 4 integers, got {box!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in box):
+        raise ValueError(f"{where}.bbox_2d must hold integers (resized pixels), got {box!r}")
+    if box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
+        raise ValueError(f"{where}.bbox_2d must be xyxy with x2 > x1 >= 0, y2 > y1 >= 0, got {box!r}")
+    desc = raw.get("desc")
+    if not isinstance(desc, str) or not desc:
+        raise ValueError(f"{where}.desc must be a non-empty string, got {desc!r}")
+    return DetObject(bbox_2d=tuple(box), desc=desc)
+
+
+def _sample_from_dict(raw: Any, where: str) -> Sample:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be an object, got {type(raw).__name__}")
+    images = raw.get("images")
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        raise ValueError(f"{where}.images must be a list of image paths, got {images!r}")
+    if len(images) != 1:
+        raise ValueError(f"{where}.images must hold exactly one image, got {len(images)}")
+    objects = raw.get("objects", [])
+    if not isinstance(objects, list):
+        raise ValueError(f"{where}.objects must be a list, got {type(objects).__name__}")
+    return Sample(
+        images=tuple(images),
+        objects=tuple(_object_from_dict(o, f"{where}.objects[{i}]") for i, o in enumerate(objects)),
+    )
+
+
+def episode_from_dict(raw: Any) -> Episode:
+    """Validate one decoded JSON record; raises ValueError naming the offending field."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"an episode must be a JSON object, got {type(raw).__name__}")
+    unknown = set(raw) - {"teachers", "student", "meta"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; expected teachers, student, meta")
+    if "student" not in raw:
+        raise ValueError("missing key 'student'")
+    teachers = raw.get("teachers", [])
+    if not isinstance(teachers, list):
+        raise ValueError(f"teachers must be a list, got {type(teachers).__name__}")
+    meta = raw.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be an object, got {type(meta).__name__}")
+    return Episode(
+        student=_sample_from_dict(raw["student"], "student"),
+        teachers=tuple(_sample_from_dict(t, f"teachers[{i}]") for i, t in enumerate(teachers)),
+        meta=meta,
+    )
+
+
+def iter_episodes(path: str | Path) -> Iterator[tuple[int, Episode | RecordError]]:
+    """Yield `(line_number, episode or RecordError)` for every non-blank line of a JSONL file.
+
+    Never raises for a bad record, so callers can report each one and go on.
+    """
+    path = Path(path)
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except OSError as exc:
+        raise SchemaError(f"cannot open {path}: {exc.strerror}", hint="check the path") from exc
+    with handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, episode_from_dict(json.loads(line))
+            except json.JSONDecodeError as exc:
+                yield line_no, RecordError(path, line_no, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            except ValueError as exc:
+                yield line_no, RecordError(path, line_no, str(exc))
+
+
+def read_episodes(path: str | Path) -> list[Episode]:
+    """Read a whole JSONL file; raise SchemaError listing every malformed line (file:line)."""
+    episodes: list[Episode] = []
+    errors: list[RecordError] = []
+    for _, item in iter_episodes(path):
+        (errors if isinstance(item, RecordError) else episodes).append(item)
+    if errors:
+        shown = "; ".join(str(e) for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise SchemaError(
+            f"{len(errors)} malformed record(s): {shown}{more}",
+            hint="fix or remove these lines, or regenerate the file with `bbu convert`",
+        )
+    return episodes
+
+
+def dumps_record(record: Mapping[str, Any]) -> str:
+    """One JSONL line, deterministic: key order as given, UTF-8 text kept readable."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the whole new one, never a part.
+
+    Writes a temporary file in the same folder, fsyncs it and renames it over `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[Mapping[str, Any] | Episode]) -> int:
+    """Write records (dicts or Episodes) as JSONL atomically; returns the number of lines."""
+    lines = [dumps_record(r.to_dict() if isinstance(r, Episode) else r) for r in records]
+    write_text_atomic(path, "".join(f"{line}\n" for line in lines))
+    return len(lines)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write one JSON document atomically, pretty-printed with sorted keys (stable diffs)."""
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
