@@ -1,0 +1,384 @@
+"""Episode -> model tensors: the teacher/student conversation through the real Qwen2.5-VL chat template.
+
+Conversation (DESIGN 2): system prompt; per teacher a user turn (image + instruction) and an
+assistant turn (its grounding JSON, `bbucli.chat.answer`); then the student's user turn and answer.
+The template renders each image as `<|vision_start|><|image_pad|><|vision_end|>`; the single pad is
+expanded to the image's `(h / 28) * (w / 28)` merged vision tokens at the id level, which is what
+the Qwen processor does to the text (`<|image_pad|>` is an atomic added token, so both give the
+same ids) without building a string of thousands of pads.
+
+Answer spans come from the template itself: it renders the conversation with a marker per answer
+(checked against the conversation rendered up to that answer with `add_generation_prompt=True`);
+the text around the markers is tokenised once per number of turns and each answer on its own, and
+the template's `<|im_end|>` right after an answer joins its span (the model must learn to stop).
+
+Images are measured from their headers (size + EXIF orientation, no pixel decode) so that the token
+budget, `measure` and `bbu inspect` cost no decoding. An image not at the smart_resize fixed point
+of this processor's pixel limits (a raw-size JSONL) is resized here and its boxes rescaled, so the
+model's image processor never resizes again; the grid it reports is checked against ours.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bbucli.chat.answer import render_answer
+from bbucli.data.rope import image_token_runs, mrope_position_ids
+from bbucli.errors import DataError, ModelError
+from bbucli.geometry import is_fixed_point, normalize_xyxy, resized_wh, scale_box_xyxy
+from bbucli.schema import DetObject, Episode, Sample
+
+SEGMENT_PROMPT, SEGMENT_TEACHER, SEGMENT_STUDENT = 0, 1, 2
+IGNORE_INDEX = -100
+_EXIF_ORIENTATION = 274
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF rotations by 90/270 degrees: width and height swap
+
+
+@dataclass(frozen=True, eq=False)
+class ChatProcessorOutput:
+    """One episode as model tensors; S tokens, T images (kept teachers then the student).
+
+    input_ids (S,) long; labels (S,) long, the token where segment > 0 else -100;
+    segment (S,) int8: 0 prompt, 1 teacher answer, 2 student answer (each with its `<|im_end|>`);
+    mm_token_type_ids (S,) int32: 1 on `<|image_pad|>`, else 0; position_ids (3, S) long mRoPE ids
+    and rope_delta (`bbucli.data.rope`); pixel_values (patches, 1176) float32 and
+    image_grid_thw (T, 3) long from the model's image processor; gt_boxes (N, 4) float32 normalised
+    cxcywh of the student image as the model sees it, gt_descs their N descs; prompt_end: index of
+    the student answer's first token (input_ids[:prompt_end] is the generation prompt);
+    student_wh: (width, height) of the student image as the model sees it; teachers_dropped: how
+    many teachers the token budget removed (the last ones).
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    segment: torch.Tensor
+    mm_token_type_ids: torch.Tensor
+    position_ids: torch.Tensor
+    rope_delta: int
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+    gt_boxes: torch.Tensor
+    gt_descs: tuple[str, ...]
+    prompt_end: int
+    student_wh: tuple[int, int]
+    teachers_dropped: int = 0
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image as read from its header: `stored_wh` EXIF-upright size on disk, `model_wh` the size
+    the model sees (the smart_resize fixed point), `vision_tokens` = (w / 28) * (h / 28) of model_wh."""
+
+    path: Path
+    stored_wh: tuple[int, int]
+    model_wh: tuple[int, int]
+    vision_tokens: int
+
+    @property
+    def needs_resize(self) -> bool:
+        return self.stored_wh != self.model_wh
+
+
+@dataclass(frozen=True)
+class SampleBudget:
+    """Token accounting of one episode under the budget, from headers and text only.
+
+    tokens: length of the processed sample (after dropping teachers); vision_tokens: its image
+    pads; answer_tokens: teacher + student answer tokens (with their `<|im_end|>`);
+    teachers_kept / teachers_dropped; fits: False when even the student alone exceeds `max_tokens`
+    (then the counts are those of the student-only conversation).
+    """
+
+    tokens: int
+    vision_tokens: int
+    answer_tokens: int
+    teachers_kept: int
+    teachers_dropped: int
+    fits: bool
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """The conversation tokenised with one `<|image_pad|>` per image (before expansion)."""
+
+    ids: list[int]
+    segment: list[int]
+    images: tuple[ImageInfo, ...]
+
+    @property
+    def expanded_length(self) -> int:
+        return len(self.ids) + sum(im.vision_tokens - 1 for im in self.images)
+
+
+class ChatProcessor:
+    """Turns `Episode`s into `ChatProcessorOutput`s with an image-only Qwen2.5-VL processor.
+
+    processor: `bbucli.chat.loading.load_processor(...)` (tokenizer, Qwen2.5-VL chat template,
+    `process_images`, `image_token_id`, `merge_size`, `min_pixels`, `max_pixels`).
+    system_prompt / instruction: `bbucli.chat.prompts`. max_tokens: budget per sample, None for none.
+    min_pixels / max_pixels: default to the processor's; images are brought to their fixed point.
+    `stats` counts `samples`, `skipped_too_long`, `teachers_dropped` and `images_resized`; it is
+    per process, so each DataLoader worker keeps its own.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        system_prompt: str,
+        instruction: str,
+        max_tokens: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        self.processor = processor
+        self.system_prompt = system_prompt
+        self.instruction = instruction
+        self.max_tokens = max_tokens
+        self.min_pixels = int(min_pixels or processor.min_pixels)
+        self.max_pixels = int(max_pixels or processor.max_pixels)
+        self.stats: Counter[str] = Counter()
+        self._skeletons: dict[int, list[list[int]]] = {}
+        self.tokenizer = processor.tokenizer
+        self.image_token_id = int(processor.image_token_id)
+        self.merge_size = int(processor.merge_size)
+        self.vision_start_id = int(self.tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+        self.im_end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        if self.merge_size * 14 != 28:
+            raise ModelError(
+                f"expected a 2x2 patch merger (28-pixel tokens), got merge_size {self.merge_size}"
+            )
+
+    # ---- images ------------------------------------------------------------------------------
+
+    def image_info(self, path: Path) -> ImageInfo:
+        """Read an image header (no pixel decode); DataError naming the file when unreadable."""
+        try:
+            with Image.open(path) as im:
+                wh = im.size
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+        except FileNotFoundError as exc:
+            raise DataError(
+                f"image not found: {path}", hint="check the JSONL's image paths"
+            ) from exc
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(
+                f"cannot read image {path}: {exc}", hint="re-export or remove it"
+            ) from exc
+        if orientation in _TRANSPOSED_ORIENTATIONS:
+            wh = (wh[1], wh[0])
+        if is_fixed_point(wh, self.min_pixels, self.max_pixels):
+            model_wh = wh
+        else:
+            model_wh = resized_wh(wh, self.min_pixels, self.max_pixels)
+        return ImageInfo(Path(path), wh, model_wh, (model_wh[0] // 28) * (model_wh[1] // 28))
+
+    def _load_pixels(self, info: ImageInfo) -> Image.Image:
+        with Image.open(info.path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+        if im.size != info.stored_wh:
+            raise DataError(f"image {info.path} changed size between header and decode")
+        if info.needs_resize:
+            im = im.resize(info.model_wh, Image.Resampling.BICUBIC)
+        return im
+
+    @staticmethod
+    def _model_objects(sample: Sample, info: ImageInfo) -> tuple[DetObject, ...]:
+        """The sample's objects in the model's frame (rescaled when the image is resized here)."""
+        if not info.needs_resize:
+            return sample.objects
+        return tuple(
+            DetObject(scale_box_xyxy(o.bbox_2d, info.stored_wh, info.model_wh), o.desc)
+            for o in sample.objects
+        )
+
+    # ---- text ------------------------------------------------------------------------------
+
+    def _messages(self, answers: list[str]) -> list[dict[str, Any]]:
+        """One answer per image, in turn order -> chat messages (images as placeholders)."""
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}
+        ]
+        for answer in answers:
+            user = [{"type": "image"}, {"type": "text", "text": self.instruction}]
+            messages.append({"role": "user", "content": user})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return messages
+
+    def _template(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _skeleton(self, turns: int) -> list[list[int]]:
+        """Token ids of the template text around the answers of a `turns`-image conversation.
+
+        The template renders with a marker per answer; the text between markers (prompt, image
+        placeholder, instruction, the `<|im_end|>` closing each answer, ...) depends only on the
+        number of turns, so it is tokenised once. Tokenising the pieces apart gives the ids of the
+        whole text: each answer starts after "assistant\n" and ends before `<|im_end|>`, and
+        Qwen2's pre-tokenizer splits at both places anyway (tests compare with the whole text).
+        """
+        if turns in self._skeletons:
+            return self._skeletons[turns]
+        markers = [f"<<bbu-answer-{k}>>" for k in range(turns)]
+        messages = self._messages(markers)
+        text = self._template(messages, add_generation_prompt=False)
+        chunks: list[str] = []
+        rest = text
+        for k, marker in enumerate(markers):
+            head, found, rest = rest.partition(marker)
+            before = text[: len(text) - len(rest) - len(marker)] if found else ""
+            prefix = self._template(messages[: 2 + 2 * k], add_generation_prompt=True)
+            if not found or before != prefix:
+                raise ModelError(
+                    "the chat template does not render answers verbatim after the prompt"
+                )
+            chunks.append(head)
+        chunks.append(rest)
+        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in chunks]
+        if any(not c or c[0] != self.im_end_id for c in ids[1:]):
+            raise ModelError("the chat template does not close each answer with <|im_end|>")
+        if sum(c.count(self.image_token_id) for c in ids) != turns:
+            raise ModelError("the prompts must not contain '<|image_pad|>'")
+        self._skeletons[turns] = ids
+        return ids
+
+    def _render(self, images: list[ImageInfo], answers: list[str]) -> _Rendered:
+        """Tokenise the conversation; segment 1 on teacher answers, 2 on the student's (last) one,
+        each with the `<|im_end|>` that closes it."""
+        skeleton = self._skeleton(len(answers))
+        answer_ids = self.tokenizer(answers, add_special_tokens=False)["input_ids"]
+        ids: list[int] = list(skeleton[0])
+        segment: list[int] = [SEGMENT_PROMPT] * len(ids)
+        for k, (answer, chunk) in enumerate(zip(answer_ids, skeleton[1:], strict=True)):
+            if self.image_token_id in answer:
+                raise DataError("an answer contains '<|image_pad|>'")
+            value = SEGMENT_STUDENT if k == len(answers) - 1 else SEGMENT_TEACHER
+            ids += answer
+            ids += chunk
+            segment += [value] * (len(answer) + 1) + [SEGMENT_PROMPT] * (len(chunk) - 1)
+        return _Rendered(ids, segment, tuple(images))
+
+    # ---- budget ------------------------------------------------------------------------------
+
+    def _plan(
+        self, episode: Episode, image_root: Path
+    ) -> tuple[_Rendered, int, bool, list[tuple[DetObject, ...]]]:
+        """Render with as many teachers as fit (the last dropped first); (rendered, dropped, fits, objects)."""
+        samples = list(episode.samples)
+        infos = [self.image_info(Path(image_root) / s.image) for s in samples]
+        objects = [self._model_objects(s, info) for s, info in zip(samples, infos, strict=True)]
+        answers = [render_answer(objs) for objs in objects]
+        teachers = len(episode.teachers)
+        while True:
+            keep = list(range(teachers)) + [len(samples) - 1]
+            rendered = self._render([infos[i] for i in keep], [answers[i] for i in keep])
+            fits = self.max_tokens is None or rendered.expanded_length <= self.max_tokens
+            if fits or teachers == 0:
+                return rendered, len(episode.teachers) - teachers, fits, [objects[i] for i in keep]
+            teachers -= 1
+
+    def measure(self, episode: Episode, image_root: str | Path) -> SampleBudget:
+        """Token counts of `episode` as `process_sample` would produce it, without decoding pixels."""
+        rendered, dropped, fits, _ = self._plan(episode, Path(image_root))
+        vision = sum(im.vision_tokens for im in rendered.images)
+        return SampleBudget(
+            tokens=rendered.expanded_length,
+            vision_tokens=vision,
+            answer_tokens=sum(1 for s in rendered.segment if s > 0),
+            teachers_kept=len(rendered.images) - 1,
+            teachers_dropped=dropped,
+            fits=fits,
+        )
+
+    # ---- the sample ------------------------------------------------------------------------------
+
+    def process_sample(
+        self, episode: Episode, image_root: str | Path
+    ) -> ChatProcessorOutput | None:
+        """The episode as tensors; None (counted in `stats["skipped_too_long"]`) when the student
+        turn alone exceeds `max_tokens`. Image paths are relative to `image_root` (the JSONL folder)."""
+        rendered, dropped, fits, objects = self._plan(episode, Path(image_root))
+        if not fits:
+            self.stats["skipped_too_long"] += 1
+            return None
+        images = rendered.images
+        pil_images = [self._load_pixels(info) for info in images]
+        vision = self.processor.process_images(pil_images)
+        grid = torch.as_tensor(vision["image_grid_thw"], dtype=torch.long).reshape(-1, 3)
+        if grid.shape[0] != len(images):
+            raise ModelError(
+                f"the image processor returned {grid.shape[0]} grids for {len(images)} images"
+            )
+        for info, thw in zip(images, grid.tolist(), strict=True):
+            expected = [1, info.model_wh[1] // 14, info.model_wh[0] // 14]
+            if thw != expected:
+                raise DataError(
+                    f"image {info.path}: the image processor's grid {thw} differs from {expected} "
+                    f"for size {info.model_wh}; it resized the image again",
+                    hint="check min_pixels/max_pixels against the processor's",
+                )
+
+        repeats = torch.tensor(self._pad_repeats(rendered), dtype=torch.long)
+        input_ids = torch.repeat_interleave(torch.tensor(rendered.ids, dtype=torch.long), repeats)
+        segment = torch.repeat_interleave(torch.tensor(rendered.segment, dtype=torch.int8), repeats)
+        self._check_image_runs(input_ids, grid, images)
+        labels = torch.where(segment > 0, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+        position_ids, rope_delta = mrope_position_ids(
+            input_ids, grid, self.merge_size, self.image_token_id, self.vision_start_id
+        )
+        student_boxes = torch.tensor([o.bbox_2d for o in objects[-1]], dtype=torch.float32).reshape(
+            -1, 4
+        )
+        student_wh = images[-1].model_wh
+
+        self.stats["samples"] += 1
+        self.stats["teachers_dropped"] += dropped
+        self.stats["images_resized"] += sum(1 for info in images if info.needs_resize)
+        return ChatProcessorOutput(
+            input_ids=input_ids,
+            labels=labels,
+            segment=segment,
+            mm_token_type_ids=(input_ids == self.image_token_id).to(torch.int32),
+            position_ids=position_ids,
+            rope_delta=rope_delta,
+            pixel_values=torch.as_tensor(vision["pixel_values"], dtype=torch.float32),
+            image_grid_thw=grid,
+            gt_boxes=normalize_xyxy(student_boxes, student_wh),
+            gt_descs=tuple(o.desc for o in objects[-1]),
+            prompt_end=int(torch.nonzero(segment == SEGMENT_STUDENT)[0]),
+            student_wh=student_wh,
+            teachers_dropped=dropped,
+        )
+
+    def _pad_repeats(self, rendered: _Rendered) -> list[int]:
+        """How many tokens each rendered token becomes: an image's vision-token count for its pad."""
+        counts = iter(im.vision_tokens for im in rendered.images)
+        return [next(counts) if t == self.image_token_id else 1 for t in rendered.ids]
+
+    def _check_image_runs(
+        self, input_ids: torch.Tensor, grid: torch.Tensor, images: tuple[ImageInfo, ...]
+    ) -> None:
+        """Each image is one contiguous pad run of grid.prod() / merge**2 tokens after <|vision_start|>."""
+        runs = image_token_runs(input_ids, self.image_token_id)
+        if len(runs) != len(images):
+            raise DataError(
+                f"{len(runs)} image-token runs for {len(images)} images ({images[0].path} ...)"
+            )
+        for (start, end), thw, info in zip(runs, grid.tolist(), images, strict=True):
+            need = thw[0] * thw[1] * thw[2] // self.merge_size**2
+            if end - start != need or int(input_ids[start - 1]) != self.vision_start_id:
+                raise DataError(
+                    f"image {info.path}: {end - start} image tokens at {start}, its grid {thw} needs {need}"
+                )

@@ -1,0 +1,79 @@
+"""The words of the conversation: system prompt and per-image instruction, Chinese or English.
+
+The system prompt is sent once per episode, so it carries everything long: the task, the class list
+(canonical descs, given by the caller as a plain list: the taxonomy is one source of truth and this
+module does not read it) and the answer format. The instruction is repeated with every image
+(teachers and student), so it stays one short sentence.
+
+The format described here is the one `bbucli.chat.answer.render_answer` writes: Qwen2.5-VL's native
+grounding JSON with integer pixel coordinates of the image as the model sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Lang = Literal["zh", "en"]
+LANGS: tuple[str, ...] = ("zh", "en")
+
+_SYSTEM = {
+    "zh": (
+        "你是通信机房BBU机柜的质检助手。请在图片中找出下列类别的所有目标，"
+        "每个目标给出边界框和类别描述（类型/属性/状态）。\n"
+        "类别：\n{classes}\n"
+        "只输出JSON列表，不要输出其他内容，格式为："
+        '[{{"bbox_2d": [x1, y1, x2, y2], "label": "类别描述"}}, ...]，'
+        "坐标为图片像素的整数（左上角x1, y1，右下角x2, y2），目标按从上到下、从左到右排列；"
+        "图片中没有目标时输出[]。"
+    ),
+    "en": (
+        "You are an inspection assistant for telecom BBU cabinets. Find every object of the classes "
+        "below in the image and give each one's bounding box and class description "
+        "(type/property/state).\n"
+        "Classes:\n{classes}\n"
+        "Answer with a JSON list only, nothing else, in the form "
+        '[{{"bbox_2d": [x1, y1, x2, y2], "label": "class description"}}, ...], '
+        "with integer pixel coordinates of the image (top-left x1, y1, bottom-right x2, y2), objects "
+        "ordered top to bottom, then left to right; answer [] when the image shows none."
+    ),
+}
+
+_INSTRUCTION = {
+    "zh": "请检测图中所有目标，按要求输出JSON。",
+    "en": "Detect all objects in this image and answer in the required JSON.",
+}
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The two texts a `ChatProcessor` needs: `system` once per episode, `instruction` per image."""
+
+    system: str
+    instruction: str
+
+
+def _check_lang(lang: str) -> None:
+    if lang not in LANGS:
+        raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
+
+
+def system_prompt(class_descs: Sequence[str], lang: Lang = "zh") -> str:
+    """The system prompt listing `class_descs` (canonical descs, one per line, in the order given)."""
+    _check_lang(lang)
+    if not class_descs:
+        raise ValueError("class_descs must list at least one class")
+    classes = "\n".join(f"- {desc}" for desc in class_descs)
+    return _SYSTEM[lang].format(classes=classes)
+
+
+def user_instruction(lang: Lang = "zh") -> str:
+    """The sentence that follows every image in its user turn."""
+    _check_lang(lang)
+    return _INSTRUCTION[lang]
+
+
+def build_prompts(class_descs: Sequence[str], lang: Lang = "zh") -> Prompts:
+    """System prompt and instruction for one language."""
+    return Prompts(system=system_prompt(class_descs, lang), instruction=user_instruction(lang))

@@ -1,0 +1,113 @@
+"""Token-budget batches: first-fit-decreasing bin packing of samples by token count.
+
+Each bin is one batch (one packed row for `PackedDataCollator`) holding samples whose token counts
+sum to at most `max_tokens_per_batch`. Packing is deterministic (ties broken by index), so every
+rank of a distributed run computes the same bins; the bin order is shuffled per epoch from
+`seed + epoch`. A sample longer than the budget gets a bin of its own: it is never dropped here
+(the ChatProcessor's `max_tokens` is the place that skips and counts samples).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Pack sample indices into bins of total length <= `capacity` (oversized samples alone).
+
+    Samples are placed longest first into the first (lowest-numbered) bin with room; within a bin
+    the indices keep that placement order. O(N log N) with a max-segment-tree over bin capacities.
+    """
+    if capacity <= 0:
+        raise ValueError(f"capacity must be positive, got {capacity}")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    size = 1
+    while size < max(1, len(lengths)):
+        size *= 2
+    # tree[1] is the root; leaves tree[size + b] hold the room left in bin b (unopened bins: all of it).
+    tree = [capacity] * (2 * size)
+    bins: list[list[int]] = []
+    oversized: list[list[int]] = []
+    for i in order:
+        need = int(lengths[i])
+        if need > capacity:
+            oversized.append([i])
+            continue
+        node = 1
+        while node < size:  # descend to the leftmost leaf with room >= need; the root always has it
+            node = 2 * node if tree[2 * node] >= need else 2 * node + 1
+        b = node - size
+        if b == len(bins):
+            bins.append([])
+        bins[b].append(i)
+        tree[node] -= need
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
+    return oversized + bins
+
+
+class TokenBudgetBatchSampler:
+    """Yields lists of dataset indices, one list per bin, for `DataLoader(batch_sampler=...)`.
+
+    lengths: the token count of every sample (e.g. from `ChatProcessor.count_tokens`).
+    max_tokens_per_batch: the bin capacity. shuffle: shuffle bin order each epoch with `seed + epoch`
+    (`set_epoch` as with `DistributedSampler`). num_replicas/rank: give each rank every
+    `num_replicas`-th bin of the (identically shuffled) order, padded by repeating bins so that
+    every rank runs the same number of steps.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens_per_batch: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.lengths = [int(n) for n in lengths]
+        self.max_tokens_per_batch = int(max_tokens_per_batch)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.bins = first_fit_decreasing(self.lengths, self.max_tokens_per_batch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_oversized(self) -> int:
+        """Bins holding one sample longer than the budget."""
+        return sum(1 for b in self.bins if self.lengths[b[0]] > self.max_tokens_per_batch)
+
+    def padding_fraction(self) -> float:
+        """Unused share of the budget over all bins: 1 - tokens / (bins * budget), oversized excluded."""
+        fitting = [b for b in self.bins if self.lengths[b[0]] <= self.max_tokens_per_batch]
+        if not fitting:
+            return 0.0
+        used = sum(self.lengths[i] for b in fitting for i in b)
+        return 1.0 - used / (len(fitting) * self.max_tokens_per_batch)
+
+    def _epoch_bins(self) -> list[list[int]]:
+        order = list(range(len(self.bins)))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        if self.num_replicas > 1 and order:
+            total = -(-len(order) // self.num_replicas) * self.num_replicas
+            order = (order * (total // len(order) + 1))[:total]
+            order = order[self.rank :: self.num_replicas]
+        return [list(self.bins[i]) for i in order]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._epoch_bins())
+
+    def __len__(self) -> int:
+        return -(-len(self.bins) // self.num_replicas)
