@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported inside the tensor functions: `bbu convert` never needs it
+    import torch
 
 PATCH_FACTOR = 28
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
@@ -125,11 +127,20 @@ def scale_box_xyxy(
     at least one pixel of width and height.
     """
     sx, sy = dst_wh[0] / src_wh[0], dst_wh[1] / src_wh[1]
-    x1 = min(max(round(box[0] * sx), 0), dst_wh[0] - 1)
-    y1 = min(max(round(box[1] * sy), 0), dst_wh[1] - 1)
-    x2 = min(max(round(box[2] * sx), x1 + 1), dst_wh[0])
-    y2 = min(max(round(box[3] * sy), y1 + 1), dst_wh[1])
+    x1, x2 = _scale_span(box[0] * sx, box[2] * sx, dst_wh[0])
+    y1, y2 = _scale_span(box[1] * sy, box[3] * sy, dst_wh[1])
     return x1, y1, x2, y2
+
+
+def _scale_span(lo: float, hi: float, size: int) -> tuple[int, int]:
+    """Round one axis of a scaled box; a span that rounds to nothing becomes the pixel holding
+    its centre, so it stays within 1 px of the exact values and inside `[0, size]`."""
+    a = min(max(round(lo), 0), size)
+    b = min(max(round(hi), 0), size)
+    if b > a:
+        return a, b
+    a = min(max(math.floor((lo + hi) / 2), 0), size - 1)
+    return a, a + 1
 
 
 # ---- batched boxes, torch (model, losses, metrics) -----------------------------------------------
@@ -137,18 +148,24 @@ def scale_box_xyxy(
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) cxcywh -> (..., 4) xyxy, same frame."""
+    import torch
+
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
 
 
 def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) xyxy -> (..., 4) cxcywh, same frame."""
+    import torch
+
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
 
 
 def normalize_xyxy(boxes_px: torch.Tensor, wh: tuple[int, int]) -> torch.Tensor:
     """(N, 4) xyxy in resized pixels -> (N, 4) cxcywh normalised to [0, 1]."""
+    import torch
+
     scale = boxes_px.new_tensor([wh[0], wh[1], wh[0], wh[1]], dtype=torch.float32)
     return xyxy_to_cxcywh(boxes_px.float() / scale)
 
@@ -168,6 +185,8 @@ def box_area(boxes_xyxy: torch.Tensor) -> torch.Tensor:
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes -> ((N, M) iou, (N, M) union)."""
+    import torch
+
     area1, area2 = box_area(boxes1), box_area(boxes2)
     lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
@@ -178,6 +197,8 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, t
 
 def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise generalised IoU of (N, 4) and (M, 4) xyxy boxes -> (N, M) in [-1, 1]."""
+    import torch
+
     iou, union = box_iou(boxes1, boxes2)
     lt = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
     rb = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
