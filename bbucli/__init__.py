@@ -9,6 +9,26 @@ __version__ = "0.1.0.dev0"
 
 _PUBLIC: dict[str, str] = {
     "BbuError": "bbucli.errors",
+    "Episode": "bbucli.schema",
+    "Sample": "bbucli.schema",
+    "DetObject": "bbucli.schema",
+    "read_episodes": "bbucli.schema",
+    "Taxonomy": "bbucli.taxonomy",
+    "ConvertOptions": "bbucli.convert.pipeline",
+    "convert_dataset": "bbucli.convert.pipeline",
+    "load_processor": "bbucli.chat.loading",
+    "load_model": "bbucli.model.loading",
+    "ChatProcessor": "bbucli.chat.processor",
+    "ChatProcessorOutput": "bbucli.chat.processor",
+    "render_answer": "bbucli.chat.answer",
+    "parse_answer": "bbucli.chat.answer",
+    "build_prompts": "bbucli.chat.prompts",
+    "StandardDataCollator": "bbucli.data.collators",
+    "PackedDataCollator": "bbucli.data.collators",
+    "TokenBudgetBatchSampler": "bbucli.data.sampler",
+    "DetectionHead": "bbucli.model.head",
+    "HeadConfig": "bbucli.model.head",
+    "CaptionVocab": "bbucli.model.caption_vocab",
 }
 
 

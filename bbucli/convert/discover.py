@@ -1,0 +1,172 @@
+"""Find every annotation file under a folder, read it with the reader its keys call for, and pair
+each annotated image with its image file.
+
+Walks `raw_dir` recursively in sorted order (hidden entries skipped), so results are deterministic.
+Every `*.json` is decoded and detected as vendor (`markResult`/`dataList`), Labelme (`shapes`) or
+COCO (`images` + `annotations`). Pairing: vendor by stem beside the JSON; Labelme by `imagePath`
+(relative to the JSON, `\\` accepted) then by stem; COCO by `file_name` relative to the JSON's
+folder or its `images/`; all of them finally by a stem unique in the whole tree. Two annotated
+images with the same stem would overwrite each other's stored image: the first in path order is
+kept, the others are reported as `duplicate_stem`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bbucli.convert.coco import is_coco, read_coco
+from bbucli.convert.labelme import is_labelme, read_labelme
+from bbucli.convert.raw import Issue, RawImage, ReadResult
+from bbucli.convert.vendor import is_vendor, read_vendor
+from bbucli.errors import DataError
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Annotated images paired with their image files, in deterministic order, and the issues.
+    `root` is the resolved input folder every relative name is relative to."""
+
+    root: Path
+    images: tuple[RawImage, ...]
+    issues: tuple[Issue, ...]
+    annotation_files: int
+    formats: dict[str, int] = field(default_factory=dict)
+    images_found: int = 0
+
+
+def rel_name(path: Path, root: Path) -> str:
+    """`path` relative to `root`, posix style (what reports and `meta.source` show)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _walk(root: Path, exclude: frozenset[Path]) -> tuple[list[Path], list[Path]]:
+    """(json files, image files) under root, sorted, hidden and excluded entries skipped."""
+    jsons: list[Path] = []
+    images: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(folder.iterdir(), key=lambda p: p.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith(".") or entry.resolve() in exclude:
+                continue
+            if entry.is_dir():
+                subdirs.append(entry)
+            elif entry.suffix.lower() == ".json":
+                jsons.append(entry)
+            elif entry.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(entry)
+        stack.extend(reversed(subdirs))
+    return sorted(jsons), sorted(images)
+
+
+def read_annotation(path: Path, rel: str) -> ReadResult:
+    """Decode one JSON file and read it with the matching reader; problems become issues."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return ReadResult(issues=(Issue("corrupt_json", rel, str(exc)[:120]),))
+    except OSError as exc:
+        return ReadResult(issues=(Issue("corrupt_json", rel, f"cannot read: {exc.strerror}"),))
+    for detect, read in ((is_vendor, read_vendor), (is_labelme, read_labelme), (is_coco, read_coco)):
+        if detect(data):
+            return read(data, path, rel)
+    keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+    return ReadResult(issues=(Issue("unknown_format", rel, f"top-level keys {keys}"),))
+
+
+class _ImageIndex:
+    """Image files of the tree, looked up by folder and stem, or by a stem unique in the tree."""
+
+    def __init__(self, images: Iterable[Path]) -> None:
+        self.by_folder: dict[tuple[Path, str], list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
+        for path in images:
+            self.by_folder.setdefault((path.parent, path.stem), []).append(path)
+            self.by_stem.setdefault(path.stem, []).append(path)
+
+    def beside(self, folder: Path, stem: str) -> Path | None:
+        found = self.by_folder.get((folder, stem), [])
+        return min(found, key=lambda p: IMAGE_SUFFIXES.index(p.suffix.lower())) if found else None
+
+    def unique(self, stem: str) -> Path | None:
+        found = self.by_stem.get(stem, [])
+        return found[0] if len(found) == 1 else None
+
+
+def _pair(image: RawImage, index: _ImageIndex) -> Path | None:
+    folder = image.annotation_path.parent
+    if image.image_ref:
+        ref = image.image_ref.replace("\\", "/")
+        for candidate in (folder / ref, folder / "images" / ref, folder / Path(ref).name):
+            if candidate.is_file():
+                return candidate
+    return index.beside(folder, image.stem) or index.unique(image.stem)
+
+
+def discover(
+    raw_dir: str | Path, exclude: Iterable[Path] = (), progress: Progress | None = None
+) -> Discovery:
+    """Read and pair every annotation under `raw_dir`. Raises DataError only when `raw_dir` is
+    not a folder; everything wrong inside it is an Issue."""
+    root = Path(raw_dir)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder", hint="pass the folder holding the annotation export")
+    root = root.resolve()
+    jsons, image_files = _walk(root, frozenset(p.resolve() for p in exclude))
+    index = _ImageIndex(image_files)
+    issues: list[Issue] = []
+    formats: Counter[str] = Counter()
+    paired: list[RawImage] = []
+    used_stems: dict[str, str] = {}
+    used_files: set[Path] = set()
+    referenced: set[Path] = set()
+    found = 0
+    if not jsons:
+        issues.append(Issue("no_annotations", ".", f"no *.json under the folder ({len(image_files)} images)"))
+    for i, path in enumerate(jsons):
+        rel = rel_name(path, root)
+        result = read_annotation(path, rel)
+        issues.extend(result.issues)
+        for image in result.images:
+            found += 1
+            formats[image.fmt.split("-")[0]] += 1
+            image_path = _pair(image, index)
+            shown = rel if image.image_ref is None else f"{rel}: {image.image_ref}"
+            if image_path is None:
+                detail = f"no image for {shown} (looked for stem {image.stem!r})"
+                issues.append(Issue("missing_image", rel, detail, len(image.objects), image_dropped=True))
+                continue
+            image = replace(image, image_path=image_path)
+            referenced.add(image_path)
+            if image.stem in used_stems or image_path in used_files:
+                first = used_stems.get(image.stem, "another annotation")
+                detail = f"{image.stem!r} already taken by {first}"
+                issues.append(Issue("duplicate_stem", rel, detail, len(image.objects), image_dropped=True))
+                continue
+            used_stems[image.stem] = shown
+            used_files.add(image_path)
+            paired.append(image)
+        if progress is not None:
+            progress("read", i + 1, len(jsons))
+    if len(formats) > 1:
+        mix = ", ".join(f"{name} {n}" for name, n in sorted(formats.items()))
+        issues.append(Issue("mixed_formats", ".", f"annotated images per format: {mix}"))
+    for path in image_files:
+        if path not in referenced:
+            issues.append(Issue("unannotated_image", rel_name(path, root), "no annotation refers to it"))
+    return Discovery(root, tuple(paired), tuple(issues), len(jsons), dict(sorted(formats.items())), found)

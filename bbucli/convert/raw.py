@@ -1,0 +1,163 @@
+"""What every raw-format reader yields: `RawImage`s of `RawObject`s, and `Issue`s for the rest.
+
+Frame: `RawObject.box_xyxy` is in the annotation's own frame, original pixels (floats), the frame
+`RawImage.width/height` declare (None when the file declares no size). The pipeline checks that
+frame against the real EXIF-upright image before anything else uses the boxes.
+
+A reader never raises for bad input: whatever it cannot use becomes an `Issue` with a reason code
+(`REASONS`), so nothing is lost silently. A box and its label live in one `RawObject`, so they are
+kept or dropped together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Every reason code an Issue can carry, with what happened to the data.
+REASONS: dict[str, str] = {
+    # whole annotation files
+    "corrupt_json": "file dropped: not valid JSON (corrupt or truncated)",
+    "unknown_format": "file dropped: JSON is neither vendor markResult, Labelme nor COCO",
+    "bad_record": "file or image record dropped: required fields missing or of the wrong type",
+    "no_annotations": "nothing to convert: no annotation file under the input folder",
+    "mixed_formats": "note: the input mixes several annotation formats (all are read)",
+    # images
+    "missing_image": "image dropped: no image file found for the annotation",
+    "unreadable_image": "image dropped: the image file cannot be decoded",
+    "unannotated_image": "note: an image file no annotation refers to (not converted)",
+    "duplicate_stem": "image dropped: another annotation file already uses this stem",
+    "size_mismatch": "image dropped: declared size fits neither the image nor a rotation/scale of it",
+    "size_rescaled": "note: declared size is a uniform scale of the image; boxes rescaled",
+    "exif_frame": "note: boxes are in the pre-EXIF (stored) frame; boxes rotated upright",
+    "bad_aspect_ratio": "image dropped: aspect ratio above 200, the model cannot take it",
+    "no_objects": "image dropped: no object left (none annotated, or every one dropped)",
+    # objects
+    "bad_polygon": "object dropped: geometry has no usable points",
+    "unsupported_shape": "object dropped: shape is no box or polygon (Labelme circle, line, point)",
+    "nested_polygon": "note: polygon nested one level deeper than a ring; outer ring used",
+    "unclosed_ring": "note: polygon ring not closed; its points used as given",
+    "zero_area": "object dropped: box has zero width or height",
+    "out_of_frame": "object dropped: box lies outside the image",
+    "clipped": "note: box partly outside the image; clipped to it",
+    "missing_label": "object dropped: no label",
+    "unknown_label": "object dropped (--unknown drop) or kept as-is (--unknown keep): label not in the taxonomy",
+}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in the input and what it cost: `objects_dropped` objects and, when
+    `image_dropped`, a whole annotated image. `file` is relative to the input folder (posix)."""
+
+    reason: str
+    file: str
+    detail: str = ""
+    objects_dropped: int = 0
+    image_dropped: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown issue reason {self.reason!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reason": self.reason, "file": self.file, "detail": self.detail}
+        if self.objects_dropped:
+            out["objects_dropped"] = self.objects_dropped
+        if self.image_dropped:
+            out["image_dropped"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class RawObject:
+    """One annotated box: xyxy floats in the annotation's frame, its raw label, extra attributes.
+
+    `fallback_labels` are further spellings of the same label (e.g. the English code beside the
+    Chinese path) tried in order when `label` is not in the taxonomy. `ref` says where the
+    object is in its file (`features[3]`, `shapes[0]`, `annotations[12]`) for issue details.
+    """
+
+    box_xyxy: tuple[float, float, float, float]
+    label: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    fallback_labels: tuple[str, ...] = ()
+    ref: str = ""
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """One annotated photo as a reader sees it.
+
+    `annotation_path`/`image_path` are absolute; `image_path` is None when no image was found
+    (discovery reports it). `width`/`height` are the declared annotation frame, None if undeclared.
+    """
+
+    annotation_path: Path
+    image_path: Path | None
+    width: float | None
+    height: float | None
+    objects: tuple[RawObject, ...]
+    fmt: str
+    image_ref: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """The photo's identity: the image file's stem, else the reference's, else the annotation's."""
+        if self.image_path is not None:
+            return self.image_path.stem
+        if self.image_ref:
+            return Path(self.image_ref.replace("\\", "/")).stem
+        return self.annotation_path.stem
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What one annotation file gave: its images (without image paths yet) and its issues."""
+
+    images: tuple[RawImage, ...] = ()
+    issues: tuple[Issue, ...] = ()
+
+
+def finite_number(value: Any) -> float | None:
+    """`value` (a number or a numeric string) as a finite float; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        value = float(value)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def positive_size(width: Any, height: Any) -> tuple[float, float] | None:
+    """A declared `(width, height)` when both are finite and positive, else None."""
+    w, h = finite_number(width), finite_number(height)
+    if w is None or h is None or w <= 0 or h <= 0:
+        return None
+    return w, h
+
+
+def box_from_points(points: list[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """Axis-aligned xyxy bounding box of points (same frame as the points)."""
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def parse_point(value: Any) -> tuple[float, float] | None:
+    """`[x, y]` (or `{"x":, "y":}`) as a pair of finite floats, else None."""
+    if isinstance(value, Mapping):
+        value = [value.get("x"), value.get("y")]
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        return None
+    x, y = finite_number(value[0]), finite_number(value[1])
+    return None if x is None or y is None else (x, y)
+
+
+def is_zero_area(box: tuple[float, float, float, float]) -> bool:
+    """True when an xyxy box has no width or no height."""
+    return box[2] <= box[0] or box[3] <= box[1]
