@@ -29,6 +29,8 @@ _PUBLIC: dict[str, str] = {
     "DetectionHead": "bbucli.model.head",
     "HeadConfig": "bbucli.model.head",
     "CaptionVocab": "bbucli.model.caption_vocab",
+    "hungarian_matcher": "bbucli.loss.matcher",
+    "DetectionCriterion": "bbucli.loss.detection",
 }
 
 

@@ -1,0 +1,182 @@
+"""Hungarian matching of detection queries to ground-truth boxes, for one or all decoder layers.
+
+Cost per (query, target) pair, as DESIGN 3: `cost_obj * focal objectness cost + cost_bbox * L1
++ cost_giou * (-GIoU)`, boxes cxcywh normalised to [0, 1] for L1 and xyxy (same frame) for GIoU.
+Every per-image cost matrix of a step is built on the predictions' device in one batched pass
+(targets padded to the largest image, never one cross-batch matrix), copied to the host once, and
+solved image by image with scipy's `linear_sum_assignment`. Nothing here needs gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch.func import vmap
+from torch.nn.utils.rnn import pad_sequence
+
+from bbucli.errors import BbuError
+from bbucli.geometry import cxcywh_to_xyxy, generalized_box_iou
+from bbucli.loss.focal import focal_objectness_cost
+
+MatchIndices = tuple[torch.Tensor, torch.Tensor]
+"""(pred_idx, tgt_idx): two (M,) int64 CPU tensors, M = min(Q, N_i), pred_idx ascending."""
+
+# Any valid box does: padded target columns are sliced off before the assignment.
+_PAD_BOX_CXCYWH = 0.5
+
+_batched_giou = vmap(generalized_box_iou)
+
+
+class MatchingError(BbuError):
+    """A matching cost is NaN or infinite: the predictions (or the targets) diverged."""
+
+
+def matching_cost(
+    pred_logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    tgt_boxes: torch.Tensor,
+    *,
+    cost_obj: float = 2.0,
+    cost_bbox: float = 5.0,
+    cost_giou: float = 2.0,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> torch.Tensor:
+    """Pairwise matching cost of K independent (queries, targets) problems.
+
+    pred_logits: (K, Q) objectness logits; pred_boxes: (K, Q, 4) and tgt_boxes: (K, N, 4) cxcywh
+    normalised. Returns (K, Q, N) float32, lower is a better match.
+    """
+    pred_boxes, tgt_boxes = pred_boxes.float(), tgt_boxes.float()
+    # Coordinate planes ((K, 4, Q) memory behind a (K, Q, 4) view) make every broadcast op in
+    # geometry's GIoU run over contiguous memory: 2x faster on CPU than interleaved xyxy.
+    pred_xyxy = cxcywh_to_xyxy(pred_boxes).mT.contiguous().mT
+    tgt_xyxy = cxcywh_to_xyxy(tgt_boxes).mT.contiguous().mT
+    cost = torch.cdist(pred_boxes, tgt_boxes, p=1).mul_(cost_bbox)
+    cost.sub_(_batched_giou(pred_xyxy, tgt_xyxy), alpha=cost_giou)
+    obj = focal_objectness_cost(pred_logits.float(), alpha=focal_alpha, gamma=focal_gamma)
+    return cost.add_(obj.unsqueeze(-1), alpha=cost_obj)
+
+
+@torch.no_grad()
+def match_layers(
+    layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    targets: Sequence[torch.Tensor],
+    *,
+    cost_obj: float = 2.0,
+    cost_bbox: float = 5.0,
+    cost_giou: float = 2.0,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+    step: int | None = None,
+) -> list[list[MatchIndices]]:
+    """Match every decoder layer's queries to the targets with one device-to-host copy.
+
+    layers: per decoder layer `(logits (B, Q), boxes (B, Q, 4) cxcywh normalised)`, the same B
+    and Q for all; targets: B tensors `(N_i, 4)` cxcywh normalised (N_i may be 0).
+    Returns `result[layer][image] = (pred_idx, tgt_idx)`, empty for images without targets.
+    Raises `MatchingError` naming the step, layer and image of the first non-finite cost.
+    """
+    if not layers:
+        raise ValueError("match_layers needs at least one decoder layer")
+    batch, num_queries = layers[0][0].shape
+    for k, (logits, boxes) in enumerate(layers):
+        if logits.shape != (batch, num_queries) or boxes.shape != (batch, num_queries, 4):
+            raise ValueError(
+                f"layer {k}: expected logits ({batch}, {num_queries}) and boxes "
+                f"({batch}, {num_queries}, 4), got {tuple(logits.shape)} and {tuple(boxes.shape)}"
+            )
+    if len(targets) != batch:
+        raise ValueError(f"{len(targets)} target tensors for a batch of {batch} images")
+    sizes = [int(t.shape[0]) for t in targets]
+    empty = torch.empty(0, dtype=torch.int64)
+    if max(sizes, default=0) == 0 or num_queries == 0:
+        return [[(empty, empty) for _ in range(batch)] for _ in layers]
+
+    device = layers[0][1].device
+    padded = pad_sequence(
+        [t.to(device=device, dtype=torch.float32) for t in targets],
+        batch_first=True,
+        padding_value=_PAD_BOX_CXCYWH,
+    )  # (B, N_max, 4)
+    # Layers become extra problems of the same batched pass: (L * B, Q, N_max).
+    cost = matching_cost(
+        torch.stack([logits for logits, _ in layers]).flatten(0, 1),
+        torch.stack([boxes for _, boxes in layers]).flatten(0, 1),
+        padded.repeat(len(layers), 1, 1),
+        cost_obj=cost_obj,
+        cost_bbox=cost_bbox,
+        cost_giou=cost_giou,
+        focal_alpha=focal_alpha,
+        focal_gamma=focal_gamma,
+    )
+    cost_host = cost.cpu().numpy()  # the step's only device-to-host copy (a no-op on CPU)
+    if not np.isfinite(cost_host).all():
+        _raise_first_non_finite(cost_host, sizes, step)
+
+    result: list[list[MatchIndices]] = []
+    for layer in range(len(layers)):
+        pairs: list[MatchIndices] = []
+        for image, n in enumerate(sizes):
+            if n == 0:
+                pairs.append((empty, empty))
+                continue
+            rows, cols = linear_sum_assignment(cost_host[layer * batch + image, :, :n])
+            pairs.append((torch.from_numpy(rows).long(), torch.from_numpy(cols).long()))
+        result.append(pairs)
+    return result
+
+
+def hungarian_matcher(
+    pred_logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    targets: Sequence[torch.Tensor],
+    *,
+    cost_obj: float = 2.0,
+    cost_bbox: float = 5.0,
+    cost_giou: float = 2.0,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+    step: int | None = None,
+) -> list[MatchIndices]:
+    """Optimal one-to-one assignment of queries to targets, per image, for one decoder layer.
+
+    pred_logits: (B, Q) objectness logits; pred_boxes: (B, Q, 4) cxcywh normalised; targets: B
+    tensors (N_i, 4) cxcywh normalised. Returns B pairs `(pred_idx, tgt_idx)` of int64 CPU tensors
+    of length min(Q, N_i), minimising the summed cost (see `matching_cost`). Use `match_layers`
+    to match several decoder layers with a single device-to-host copy.
+    """
+    return match_layers(
+        [(pred_logits, pred_boxes)],
+        targets,
+        cost_obj=cost_obj,
+        cost_bbox=cost_bbox,
+        cost_giou=cost_giou,
+        focal_alpha=focal_alpha,
+        focal_gamma=focal_gamma,
+        step=step,
+    )[0]
+
+
+def _raise_first_non_finite(cost_host: np.ndarray, sizes: list[int], step: int | None) -> None:
+    """Raise for the first (layer, image) whose real (unpadded) cost block is not finite.
+
+    Padding columns only inherit non-finite values from their rows, so an image whose block is
+    finite (or that has no targets, hence no cost matrix) is not an error.
+    """
+    batch = len(sizes)
+    for problem in range(cost_host.shape[0]):
+        layer, image = divmod(problem, batch)
+        block = cost_host[problem, :, : sizes[image]]
+        bad = int((~np.isfinite(block)).sum())
+        if bad:
+            at_step = "an unknown step" if step is None else f"step {step}"
+            raise MatchingError(
+                f"matching cost is NaN or infinite at {at_step}, decoder layer {layer}, "
+                f"image {image} ({bad} of {block.size} entries)",
+                hint="the predicted boxes or objectness logits diverged (or a target box is "
+                "not finite); lower the learning rate or check this step's batch",
+            )

@@ -1,0 +1,190 @@
+"""DetectionCriterion: L1/GIoU/focal against transformers' DETR losses, perfect predictions, images
+without objects, gradients, num_boxes normalisation, auxiliary keys, captions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.loss.loss_deformable_detr import DeformableDetrImageLoss
+from transformers.loss.loss_for_object_detection import (
+    ImageLoss,
+    center_to_corners_format,
+)
+from transformers.loss.loss_for_object_detection import (
+    generalized_box_iou as hf_generalized_box_iou,
+)
+from transformers.loss.loss_for_object_detection import (
+    sigmoid_focal_loss as hf_sigmoid_focal_loss,
+)
+
+from bbucli.geometry import cxcywh_to_xyxy, generalized_box_iou
+from bbucli.loss.detection import (
+    DetectionCriterion,
+    DetTargets,
+    LayerOutput,
+    num_boxes_across_ranks,
+)
+from bbucli.loss.focal import sigmoid_focal_loss
+from bbucli.loss.matcher import hungarian_matcher
+
+VOCAB, CAPTION_LEN = 11, 6
+
+
+def random_boxes(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    """(*shape, 4) valid cxcywh boxes inside [0, 1]."""
+    wh = torch.rand(*shape, 2, generator=gen) * 0.4 + 0.02
+    centre = wh / 2 + torch.rand(*shape, 2, generator=gen) * (1 - wh)
+    return torch.cat((centre, wh), dim=-1)
+
+
+def make_batch(seed: int, sizes: list[int], queries: int = 16, layers: int = 3, captions=True):
+    gen = torch.Generator().manual_seed(seed)
+    outputs = [
+        LayerOutput(
+            logits=(torch.randn(len(sizes), queries, generator=gen) * 2).requires_grad_(),
+            boxes=random_boxes(gen, len(sizes), queries).requires_grad_(),
+            caption_logits=torch.randn(
+                len(sizes), queries, CAPTION_LEN, VOCAB, generator=gen
+            ).requires_grad_()
+            if captions and k == layers - 1
+            else None,
+        )
+        for k in range(layers)
+    ]
+    targets = []
+    for n in sizes:
+        ids = torch.randint(0, VOCAB, (n, CAPTION_LEN), generator=gen)
+        ids[:, 4:] = -100  # padded tail
+        targets.append(
+            DetTargets(boxes=random_boxes(gen, n), caption_ids=ids if captions else None)
+        )
+    return outputs, targets
+
+
+def test_l1_giou_and_focal_equal_transformers_detr_losses():
+    """Oracle: transformers' DETR box loss and Deformable-DETR's focal label loss, one class."""
+    sizes = [5, 0, 20, 13]
+    outputs, targets = make_batch(0, sizes, queries=40, layers=1, captions=False)
+    out = outputs[0]
+    ours = DetectionCriterion()(outputs, targets, num_boxes=7.5)
+    indices = hungarian_matcher(out.logits, out.boxes, [t.boxes for t in targets])
+    hf_targets = [
+        {"boxes": t.boxes, "class_labels": torch.zeros(len(t.boxes), dtype=torch.long)}
+        for t in targets
+    ]
+    boxes = ImageLoss(matcher=None, num_classes=1, eos_coef=0.1, losses=[]).loss_boxes(
+        {"pred_boxes": out.boxes}, hf_targets, indices, 7.5
+    )
+    labels = DeformableDetrImageLoss(
+        matcher=None, num_classes=1, focal_alpha=0.25, losses=[]
+    ).loss_labels({"logits": out.logits[..., None]}, hf_targets, indices, 7.5)
+    torch.testing.assert_close(ours["l1"], boxes["loss_bbox"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours["giou"], boxes["loss_giou"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours["objectness"], labels["loss_ce"], rtol=0, atol=1e-6)
+
+
+def test_giou_matrix_and_focal_values_equal_transformers():
+    gen = torch.Generator().manual_seed(1)
+    a, b = random_boxes(gen, 64), random_boxes(gen, 48)
+    ours = generalized_box_iou(cxcywh_to_xyxy(a), cxcywh_to_xyxy(b))
+    theirs = hf_generalized_box_iou(center_to_corners_format(a), center_to_corners_format(b))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+    logits = torch.randn(4, 30, generator=gen) * 4
+    labels = (torch.rand(4, 30, generator=gen) < 0.2).float()
+    # transformers reduces as mean over dim 1, sum, / num_boxes: undo it with num_boxes = 1 / 30.
+    theirs = hf_sigmoid_focal_loss(logits, labels, 1 / 30, alpha=0.25, gamma=2)
+    torch.testing.assert_close(sigmoid_focal_loss(logits, labels).sum(), theirs, rtol=0, atol=1e-6)
+
+
+def test_perfect_predictions_give_zero_box_losses():
+    gen = torch.Generator().manual_seed(2)
+    targets = [DetTargets(boxes=random_boxes(gen, n)) for n in (3, 7)]
+    boxes = random_boxes(gen, 2, 10)
+    logits = torch.full((2, 10), -8.0)
+    for image, t in enumerate(targets):
+        boxes[image, : len(t.boxes)] = t.boxes
+        logits[image, : len(t.boxes)] = 8.0
+    losses = DetectionCriterion()([LayerOutput(logits, boxes)], targets, num_boxes=10.0)
+    assert losses["l1"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["giou"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["objectness"].item() < 1e-4
+
+
+def test_images_without_objects_give_finite_objectness_only_losses():
+    outputs, targets = make_batch(3, [0, 0], layers=2)
+    num_boxes = num_boxes_across_ranks(targets, "cpu")
+    assert num_boxes == 1.0  # clamped
+    losses = DetectionCriterion()(outputs, targets, num_boxes=num_boxes)
+    assert all(torch.isfinite(v) for v in losses.values())
+    for key in ("l1", "giou", "caption", "l1_0", "giou_0"):
+        assert losses[key].item() == 0.0
+    assert losses["objectness"].item() > 0
+    losses["total"].backward()
+    assert outputs[-1].logits.grad.abs().sum() > 0
+
+
+def test_gradients_reach_boxes_logits_and_caption_logits():
+    outputs, targets = make_batch(4, [3, 0, 5])
+    DetectionCriterion()(outputs, targets, num_boxes=8.0)["total"].backward()
+    for out in outputs:
+        assert out.boxes.grad.abs().sum() > 0 and out.logits.grad.abs().sum() > 0
+    caption_grad = outputs[-1].caption_logits.grad
+    # Only matched queries are supervised, and only at non-padded positions.
+    supervised = caption_grad.abs().sum(-1) > 0  # (B, Q, L)
+    assert supervised[..., :4].any() and not supervised[..., 4:].any()
+    assert supervised.any(-1).sum(-1).tolist() == [3, 0, 5]
+
+
+def test_losses_are_divided_by_num_boxes():
+    outputs, targets = make_batch(5, [4, 2])
+    criterion = DetectionCriterion()
+    one, three = (
+        criterion(outputs, targets, num_boxes=1.0),
+        criterion(outputs, targets, num_boxes=3.0),
+    )
+    assert one.keys() == three.keys()
+    for key in one:
+        torch.testing.assert_close(three[key], one[key] / 3)
+    with pytest.raises(ValueError, match="num_boxes"):
+        criterion(outputs, targets, num_boxes=0.0)
+
+
+def test_aux_keys_and_weighted_total():
+    outputs, targets = make_batch(6, [3, 1], layers=3)
+    weights = {"l1": 5.0, "giou": 2.0, "objectness": 2.0, "caption": 1.5}
+    losses = DetectionCriterion(**weights)(outputs, targets, num_boxes=4.0)
+    assert set(losses) == {
+        "l1", "giou", "objectness", "caption",
+        "l1_0", "giou_0", "objectness_0", "l1_1", "giou_1", "objectness_1",
+        "total",
+    }  # fmt: skip
+    expected = sum(
+        weights[key.split("_")[0]] * value for key, value in losses.items() if key != "total"
+    )
+    torch.testing.assert_close(losses["total"], expected)
+    final_only = DetectionCriterion(aux=False)(outputs, targets, num_boxes=4.0)
+    assert set(final_only) == {"l1", "giou", "objectness", "caption", "total"}
+    torch.testing.assert_close(final_only["l1"], losses["l1"])
+
+
+def test_caption_loss_is_token_mean_cross_entropy_of_matched_queries():
+    outputs, targets = make_batch(7, [2], layers=1)
+    out = outputs[0]
+    src, tgt = hungarian_matcher(out.logits, out.boxes, [targets[0].boxes])[0]
+    expected = (
+        sum(
+            torch.nn.functional.cross_entropy(
+                out.caption_logits[0, q, :4], targets[0].caption_ids[n, :4]
+            )
+            for q, n in zip(src.tolist(), tgt.tolist(), strict=True)
+        )
+        / 2.0
+    )
+    losses = DetectionCriterion()(outputs, targets, num_boxes=2.0)
+    torch.testing.assert_close(losses["caption"], expected)
+
+
+def test_num_boxes_across_ranks_counts_boxes_without_distributed():
+    _, targets = make_batch(8, [3, 0, 4])
+    assert num_boxes_across_ranks(targets, "cpu") == 7.0
