@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bbucli.errors import BbuError
 
@@ -21,9 +22,9 @@ R = TypeVar("R")
 
 def report_error(exc: BbuError) -> None:
     """Render a library error once: `error: message` in red, then the hint, on stderr."""
-    err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
     if exc.hint:
-        err.print(f"[dim]hint:[/] {exc.hint}", markup=True, soft_wrap=True)
+        err.print(f"[dim]hint:[/] {escape(exc.hint)}", markup=True, soft_wrap=True)
 
 
 def handle_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -44,8 +44,9 @@ def test_bbu_error_is_one_red_line_with_hint_and_exit_code():
     assert lines[0] == "error: bad.json: truncated"
     assert lines[1] == "hint: re-export it"
     assert "Traceback" not in result.output
-    result = runner.invoke(_app_raising(ConfigError("unknown key 'lr'")))
+    result = runner.invoke(_app_raising(ConfigError("train.report_to=[tensorboard] is bad")))
     assert result.exit_code == 2
+    assert result.output.strip() == "error: train.report_to=[tensorboard] is bad"
 
 
 def test_debug_env_shows_the_traceback(monkeypatch):
