@@ -1,0 +1,386 @@
+"""The training config: its schema (one pydantic model per YAML section), loading and printing.
+
+    model:      which Qwen2.5-VL, dtype, attention, pixel limits, seed
+    data:       JSONL files, language, token budgets, packing, teachers, workers
+    detection:  the detection head's sizes (HeadConfig), which hidden layer feeds it, captions
+    loss:       the six multi-task weights, matcher costs, focal alpha/gamma
+    optim:      a learning rate per parameter group (0 freezes it), weight decay, betas, eps
+    train:      transformers TrainingArguments fields, passed through and checked by name and type
+    deepspeed:  null, a path to a DeepSpeed JSON, or the same JSON inline
+
+`load_config(path, overrides)` reads the YAML, applies `key=value` overrides, validates everything
+(`bbucli.train.validation`) and raises one `InvalidConfigError` listing every problem with its
+YAML path, before any weight loads. Relative paths resolve against the YAML file's folder (paths
+given in overrides against the working directory); the loaded config holds absolute paths.
+`to_yaml()` / `describe_config()` write the resolved config back (deterministic key order);
+loading that text again gives an equal config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+
+from bbucli.train.overrides import apply_overrides, dump_yaml, read_yaml
+from bbucli.train.passthrough import train_argument_problems
+from bbucli.train.problems import (
+    InvalidConfigError,
+    Problem,
+    mark_overrides,
+    schema_problems,
+    short_repr,
+    unknown_key,
+)
+from bbucli.train.validation import Target, semantic_problems
+
+if TYPE_CHECKING:
+    from bbucli.model.head import HeadConfig
+
+__all__ = [
+    "BbuConfig", "ModelSection", "DataSection", "DetectionSection", "LossSection", "LearningRates",
+    "OptimSection", "TrainSection", "InvalidConfigError", "Problem", "Target",
+    "load_config", "build_config", "validate_config", "describe_config",
+]  # fmt: skip
+
+# Strict scalars: YAML `true` is not an int, `1` is not a bool, `"2e-5"` is not a float.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict()]  # ints are accepted
+Str = Annotated[str, Strict()]
+
+MIN_PIXELS = 4 * 28 * 28
+MAX_PIXELS = 512 * 28 * 28
+GROUPS = ("vision", "merger", "llm", "detection", "adapter")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    """path: "tiny" (random-weight test model) or a local Qwen2.5-VL checkpoint folder.
+    dtype "auto": fp32 for tiny and on CPU, bf16 for a folder on a GPU (`load_model`'s rule).
+    attn "auto": flash_attention_2 when flash-attn is installed, a GPU is there and the dtype is
+    half, else sdpa. min/max_pixels: the processor's smart_resize limits; keep them equal to
+    `bbu convert --min-pixels/--max-pixels` so images are not resized twice. seed: random weights
+    (tiny, detection head) and the Trainer's seed."""
+
+    path: Str = "tiny"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    attn: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    min_pixels: Int = Field(MIN_PIXELS, ge=1)
+    max_pixels: Int = Field(MAX_PIXELS, ge=1)
+    seed: Int = 0
+
+
+class DataSection(_Section):
+    """train/val/teachers: JSONL files written by `bbu convert` (OUT.jsonl, OUT.val.jsonl,
+    OUT.teachers.jsonl); val None: no evaluation; teachers: the pool re-drawn from when
+    teacher_resample. image_root: folder image paths are relative to (default: train's folder).
+    taxonomy: the taxonomy YAML (None: the built-in one, as `bbu convert`).
+    max_tokens: per-sample budget (teachers dropped first, then the sample skipped).
+    packing: one packed row per step of at most max_tokens_per_batch tokens; else standard padded
+    batches of batch_size. num_teachers: teachers per student (K)."""
+
+    train: Path
+    val: Path | None = None
+    teachers: Path | None = None
+    image_root: Path | None = None
+    taxonomy: Path | None = None
+    lang: Literal["zh", "en"] = "zh"
+    max_tokens: Int = Field(4096, ge=1)
+    packing: Bool = True
+    max_tokens_per_batch: Int = Field(8192, ge=1)
+    batch_size: Int = Field(1, ge=1)
+    num_teachers: Int = Field(1, ge=0)
+    teacher_resample: Bool = False
+    num_workers: Int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _default_image_root(self) -> DataSection:
+        if self.image_root is None:
+            object.__setattr__(self, "image_root", self.train.parent)
+        return self
+
+
+class DetectionSection(_Section):
+    """`HeadConfig` fields except llm_hidden and caption_vocab_size (known once the model and the
+    data are), plus text_layer: which LLM hidden states of the prompt form the head's language
+    memory (`BBUModel`'s text_layer: 1..num_layers after that decoder layer, negative from the
+    end, -1 the final output), and captions: build the caption decoder."""
+
+    width: Int = Field(256, ge=1)
+    layers: Int = Field(4, ge=1)
+    heads: Int = Field(8, ge=1)
+    ffn: Int = Field(1024, ge=1)
+    max_queries: Int = Field(300, ge=1)
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
+    prior_prob: Float = Field(0.01, gt=0.0, lt=1.0)
+    ref_cells: Float = Field(2.0, gt=0.0)
+    caption_max_len: Int = Field(32, ge=1)
+    caption_layers: Int = Field(2, ge=1)
+    text_layer: Int = -1
+    captions: Bool = True
+
+    def head_config(self, llm_hidden: int, caption_vocab_size: int = 0) -> HeadConfig:
+        """The `HeadConfig` of this section; caption_vocab_size is forced to 0 without captions."""
+        from bbucli.model.head import HeadConfig
+
+        fields = self.model_dump(exclude={"text_layer", "captions"})
+        vocab = caption_vocab_size if self.captions else 0
+        return HeadConfig(llm_hidden=llm_hidden, caption_vocab_size=vocab, **fields)
+
+
+class LossSection(_Section):
+    """total = teacher_weight*teacher_lm + student_weight*student_lm + bbox_l1_weight*l1
+    + bbox_giou_weight*giou + objectness_weight*obj + caption_weight*caption (caption only with
+    detection.captions). cost_*: Hungarian matching costs; focal_*: objectness focal loss; aux:
+    losses on every decoder layer, not just the last; token_aux: the objectness loss on the vision
+    tokens' scores (what picks the top-K queries). Names mirror `bbucli.model.multitask`."""
+
+    teacher_weight: Float = Field(1.0, ge=0.0)
+    student_weight: Float = Field(1.0, ge=0.0)
+    bbox_l1_weight: Float = Field(5.0, ge=0.0)
+    bbox_giou_weight: Float = Field(2.0, ge=0.0)
+    objectness_weight: Float = Field(2.0, ge=0.0)
+    caption_weight: Float = Field(1.0, ge=0.0)
+    cost_obj: Float = Field(2.0, ge=0.0)
+    cost_bbox: Float = Field(5.0, ge=0.0)
+    cost_giou: Float = Field(2.0, ge=0.0)
+    focal_alpha: Float = 0.25
+    focal_gamma: Float = Field(2.0, ge=0.0)
+    aux: Bool = True
+    token_aux: Bool = True
+
+
+class LearningRates(_Section):
+    """Peak learning rate of each parameter group; 0 freezes the group."""
+
+    vision: Float = Field(0.0, ge=0.0)
+    merger: Float = Field(1e-5, ge=0.0)
+    llm: Float = Field(1e-5, ge=0.0)
+    detection: Float = Field(1e-4, ge=0.0)
+    adapter: Float = Field(1e-4, ge=0.0)
+
+
+class OptimSection(_Section):
+    """AdamW over the five parameter groups (the schedule is train.lr_scheduler_type/warmup_steps)."""
+
+    lrs: LearningRates = LearningRates()
+    weight_decay: Float = Field(0.0, ge=0.0)
+    betas: tuple[Float, Float] = (0.9, 0.999)
+    eps: Float = Field(1e-8, gt=0.0)
+
+
+class TrainSection(BaseModel):
+    """TrainingArguments fields (checked against `dataclasses.fields(TrainingArguments)` by
+    `train_argument_problems`) plus bbu's own `resume`: false, true (latest checkpoint in
+    output_dir) or a checkpoint folder. Fields owned by other sections (learning_rate, seed,
+    deepspeed, ...) are refused here."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    output_dir: Path
+    resume: Bool | Path = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_passthrough(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            problems = train_argument_problems(data, path="")
+            if problems:
+                raise ValueError("; ".join(str(p) for p in problems))
+        return data
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The pass-through TrainingArguments fields given (output_dir included, resume not)."""
+        return {"output_dir": str(self.output_dir), **(self.model_extra or {})}
+
+
+class BbuConfig(_Section):
+    """One training run. Build it with `load_config` (full validation); constructing it directly
+    checks structure and types only (`validate_config` adds the cross-field and file checks)."""
+
+    model: ModelSection = ModelSection()
+    data: DataSection
+    detection: DetectionSection = DetectionSection()
+    loss: LossSection = LossSection()
+    optim: OptimSection = OptimSection()
+    train: TrainSection
+    deepspeed: Path | dict[str, Any] | None = None
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """Plain YAML-able dict: sections and fields in schema order, train's pass-through keys
+        sorted after output_dir/resume, inline DeepSpeed keys sorted, paths as absolute strings."""
+        out = self.model_dump(mode="json", exclude={"train", "deepspeed"})
+        train = self.train.model_dump(mode="json")
+        declared = {k: train.pop(k) for k in TrainSection.model_fields}
+        out["train"] = {**declared, **dict(sorted(train.items()))}
+        ds = self.deepspeed
+        out["deepspeed"] = str(ds) if isinstance(ds, Path) else _sorted(ds)
+        return out
+
+    def to_yaml(self) -> str:
+        """`resolved_dict()` as YAML; `load_config` of this text gives an equal config."""
+        return dump_yaml(self.resolved_dict())
+
+    def training_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for `transformers.TrainingArguments`: train's pass-through fields
+        plus those other sections own (seed, optimizer hyper-parameters, workers, DeepSpeed,
+        batch size: 1 packed row per device when packing). Not constructed here: that can need
+        accelerate/distributed state."""
+        lrs = self.optim.lrs
+        kwargs = dict(self.train.arguments)
+        kwargs.update(
+            seed=self.model.seed,
+            learning_rate=max(getattr(lrs, g) for g in GROUPS),
+            weight_decay=self.optim.weight_decay,
+            adam_beta1=self.optim.betas[0],
+            adam_beta2=self.optim.betas[1],
+            adam_epsilon=self.optim.eps,
+            dataloader_num_workers=self.data.num_workers,
+        )
+        kwargs.setdefault(
+            "per_device_train_batch_size", 1 if self.data.packing else self.data.batch_size
+        )
+        if self.deepspeed is not None:
+            kwargs["deepspeed"] = (
+                str(self.deepspeed) if isinstance(self.deepspeed, Path) else dict(self.deepspeed)
+            )
+        return kwargs
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "model": ModelSection, "data": DataSection, "detection": DetectionSection,
+    "loss": LossSection, "optim": OptimSection, "train": TrainSection,
+}  # fmt: skip
+# Where a value is a filesystem path (relative ones resolve against the YAML's folder).
+PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("model", "path"), ("data", "train"), ("data", "val"), ("data", "teachers"),
+    ("data", "image_root"), ("data", "taxonomy"), ("train", "output_dir"), ("train", "resume"),
+    ("deepspeed",),
+)  # fmt: skip
+
+
+def load_config(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    target: Target = "auto",
+    check_paths: bool = True,
+) -> BbuConfig:
+    """Read, override and validate a config YAML; raise one InvalidConfigError listing every problem.
+
+    target: validate for "cpu", "gpu" or "auto" (GPU when torch.cuda.is_available() and not
+    train.use_cpu); "gpu" lets a CPU machine check a config meant for a GPU node.
+    check_paths: False skips the existence checks of the model folder, the data files and
+    train.resume (inputs that live outside the repo: CI and laptops preparing a GPU run lack
+    them); the DeepSpeed JSON, part of the config, is always read and checked.
+    """
+    path = Path(path).expanduser().absolute()
+    raw, problems = read_yaml(path)
+    return build_config(
+        raw, base_dir=path.parent, overrides=overrides, target=target,
+        check_paths=check_paths, source=str(path), problems=problems,
+    )  # fmt: skip
+
+
+def build_config(
+    raw: dict[str, Any],
+    *,
+    base_dir: Path,
+    overrides: Sequence[str] = (),
+    target: Target = "auto",
+    check_paths: bool = True,
+    source: str = "config",
+    problems: Sequence[Problem] = (),
+) -> BbuConfig:
+    """`load_config` for a dict already read: relative paths resolve against `base_dir`."""
+    all_problems = list(problems)
+    data = _resolve_paths(raw, base_dir)
+    data, applied, override_problems = apply_overrides(data, overrides)
+    all_problems += override_problems
+    data = _resolve_paths(data, Path.cwd(), only=set(applied))
+
+    sections: dict[str, Any] = {}
+    for key in data:
+        if key not in SECTIONS and key != "deepspeed":
+            all_problems.append(Problem(key, unknown_key(key, [*SECTIONS, "deepspeed"])))
+    for name, model in SECTIONS.items():
+        given = data.get(name)
+        if given is None and name in ("data", "train"):
+            all_problems.append(Problem(name, "required section is missing"))
+            continue
+        given = {} if given is None else given
+        if name == "train" and isinstance(given, dict):
+            # Bad pass-through keys are reported and left out, so the checks that read the
+            # remaining train keys (bf16 on CPU, batch size with packing, ...) still run.
+            found = train_argument_problems(given, path="train")
+            all_problems += found
+            bad = {p.path.removeprefix("train.") for p in found}
+            given = {k: v for k, v in given.items() if k not in bad}
+        try:
+            sections[name] = model.model_validate(given)
+        except ValidationError as exc:
+            all_problems += schema_problems(exc, name, model)
+    deepspeed = data.get("deepspeed")
+    if isinstance(deepspeed, str):
+        sections["deepspeed"] = deepspeed = Path(deepspeed)
+    elif deepspeed is None or isinstance(deepspeed, dict):
+        sections["deepspeed"] = deepspeed
+    else:
+        all_problems.append(Problem(
+            "deepspeed", f"must be null, a path to a DeepSpeed JSON or a mapping, got {short_repr(deepspeed)}"
+        ))  # fmt: skip
+    # Every check whose sections validated runs, so one pass reports every problem.
+    all_problems += semantic_problems(sections, target=target, check_paths=check_paths)
+    if all_problems:
+        raise InvalidConfigError(mark_overrides(all_problems, applied), source=source)
+    return BbuConfig(**sections)
+
+
+def validate_config(
+    cfg: BbuConfig, *, target: Target = "auto", check_paths: bool = True
+) -> list[Problem]:
+    """Semantic, cross-section, environment and file problems of a structurally valid config
+    (what `load_config` adds to the schema; see there for `target` and `check_paths`)."""
+    sections = {name: getattr(cfg, name) for name in (*SECTIONS, "deepspeed")}
+    return semantic_problems(sections, target=target, check_paths=check_paths)
+
+
+def describe_config(cfg: BbuConfig) -> str:
+    """The resolved config as YAML text for `--print-config`, with a header naming the version."""
+    from bbucli import __version__
+
+    return f"# bbu {__version__}: resolved config (absolute paths)\n" + cfg.to_yaml()
+
+
+def _resolve_paths(
+    data: dict[str, Any], base: Path, only: set[tuple[str, ...]] | None = None
+) -> dict[str, Any]:
+    """Copy of `data` with relative path values (str, not "tiny" for model.path) made absolute."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for keys in PATH_KEYS:
+        if only is not None and not any(keys[: len(done)] == done for done in only):
+            continue
+        parent = out
+        for key in keys[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        value = parent.get(keys[-1]) if isinstance(parent, dict) else None
+        if not isinstance(value, str) or (keys == ("model", "path") and value == "tiny"):
+            continue
+        parent[keys[-1]] = os.path.normpath(base / Path(value).expanduser())
+    return out
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
