@@ -31,6 +31,14 @@ _PUBLIC: dict[str, str] = {
     "CaptionVocab": "bbucli.model.caption_vocab",
     "hungarian_matcher": "bbucli.loss.matcher",
     "DetectionCriterion": "bbucli.loss.detection",
+    "evaluate": "bbucli.evaluation",
+    "EvalResult": "bbucli.evaluation",
+    "Detections": "bbucli.evaluation",
+    "GroundTruth": "bbucli.evaluation",
+    "read_ground_truth": "bbucli.evaluation",
+    "read_predictions": "bbucli.evaluation",
+    "load_config": "bbucli.train.config",
+    "BbuConfig": "bbucli.train.config",
 }
 
 
