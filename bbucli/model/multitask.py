@@ -1,0 +1,280 @@
+"""The multi-task loss of BBUModel: teacher/student LM + detection + captions (DESIGN 3).
+
+    total = teacher_weight * teacher_lm + student_weight * student_lm
+          + bbox_l1_weight * l1 + bbox_giou_weight * giou + objectness_weight * objectness
+          + caption_weight * caption
+
+Detection terms come from `DetectionCriterion` for every decoder layer: the last layer's under plain
+keys (`l1`, `giou`, `objectness`), auxiliary layers' as `l1_0`, `giou_1`, ..., each weighted like
+its plain key (DETR's auxiliary losses). The head's token objectness (the top-K query choice) is one
+more auxiliary stage, `objectness_token`, matched on its tokens' fixed cells (Deformable DETR's
+two-stage encoder loss; its boxes are constants, so only objectness trains there).
+
+Captions: the caption decoder runs on the **matched** queries only (last decoder layer), teacher
+forced on the compact ids of their targets' descs (`CaptionTargets`): token-mean cross entropy per
+box, summed and divided by the same `num_boxes` as the detection terms. The criterion matches
+internally without returning its indices, so the last layer is matched once more for captions
+(the same cost and scipy's deterministic solver give the same pairs).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bbucli.loss.detection import (
+    DetectionCriterion,
+    DetTargets,
+    LayerOutput,
+    num_boxes_across_ranks,
+)
+from bbucli.loss.lm import DEFAULT_CHUNK, lm_losses
+from bbucli.loss.matcher import hungarian_matcher
+from bbucli.model.bbu_model import BBUModel, BBUOutput
+from bbucli.model.caption_vocab import PAD, CaptionVocab
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The weight of every loss component (config `loss.*`); 0 switches a term off."""
+
+    teacher_weight: float = 1.0
+    student_weight: float = 1.0
+    bbox_l1_weight: float = 5.0
+    bbox_giou_weight: float = 2.0
+    objectness_weight: float = 2.0
+    caption_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        bad = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in fields(self)
+            if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) >= 0)
+        ]
+        if bad:
+            raise ValueError(f"loss weights must be finite and >= 0: {', '.join(bad)}")
+
+
+# Loss key (without an auxiliary suffix `_<layer>` / `_token`) -> its LossWeights field.
+_WEIGHT_OF = {
+    "teacher_lm": "teacher_weight",
+    "student_lm": "student_weight",
+    "l1": "bbox_l1_weight",
+    "giou": "bbox_giou_weight",
+    "objectness": "objectness_weight",
+    "caption": "caption_weight",
+}
+_AUX_SUFFIX = re.compile(r"_(\d+|token)$")
+
+
+def total_loss(losses: Mapping[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
+    """The weighted sum of unweighted scalar components keyed as `MultiTaskLoss` keys them.
+    Raises KeyError for a key with no weight."""
+    total: torch.Tensor | float = 0.0
+    for key, value in losses.items():
+        base = key if key in _WEIGHT_OF else _AUX_SUFFIX.sub("", key)
+        if base not in _WEIGHT_OF:
+            raise KeyError(f"loss component {key!r} has no weight in LossWeights")
+        weight = getattr(weights, _WEIGHT_OF[base])
+        if weight:
+            total = total + weight * value
+    if not isinstance(total, torch.Tensor):
+        raise ValueError("every loss weight is 0: nothing to train")
+    return total
+
+
+def caption_token_ids(tokenizer: Any, desc: str) -> list[int]:
+    """The Qwen token ids of one desc, as the caption decoder learns it (no special tokens)."""
+    return list(tokenizer(desc, add_special_tokens=False)["input_ids"])
+
+
+def build_caption_vocab(tokenizer: Any, descs: Sequence[str]) -> CaptionVocab:
+    """The compact caption vocabulary of the training descs."""
+    return CaptionVocab.build(caption_token_ids(tokenizer, d) for d in descs)
+
+
+class CaptionTargets:
+    """descs -> (N, max_len) compact caption ids (caption, `EOS`, then `PAD`), tokenising each
+    distinct desc once."""
+
+    def __init__(self, tokenizer: Any, vocab: CaptionVocab, max_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.max_len = max_len
+        self._ids: dict[str, list[int]] = {}
+
+    def __call__(self, descs: Sequence[str]) -> torch.Tensor:
+        captions = []
+        for desc in descs:
+            if desc not in self._ids:
+                self._ids[desc] = caption_token_ids(self.tokenizer, desc)
+            captions.append(self._ids[desc])
+        return self.vocab.targets(captions, self.max_len)
+
+
+@dataclass(frozen=True)
+class LossBreakdown:
+    """total: the scalar to backpropagate; losses: unweighted scalar components (keys as in the
+    module docstring); stats: token and box counts (scalars) for logging."""
+
+    total: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor | float]
+
+    def for_logging(self) -> dict[str, float]:
+        """Every component and count as a float (one host sync per value)."""
+        out = {"loss": float(self.total.detach())}
+        out.update({k: float(v.detach()) for k, v in self.losses.items()})
+        out.update({k: float(v) for k, v in self.stats.items()})
+        return out
+
+
+class MultiTaskLoss:
+    """Computes every component of the total loss from a `BBUModel` forward.
+
+    captions: the caption targets builder, needed when the head has a caption decoder and
+    `caption_weight` > 0. Matching costs and focal parameters are passed to `DetectionCriterion`
+    (and to the caption matching). `token_aux`: add the head's token-objectness stage.
+    """
+
+    def __init__(
+        self,
+        weights: LossWeights,
+        *,
+        captions: CaptionTargets | None = None,
+        cost_obj: float = 2.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        aux: bool = True,
+        token_aux: bool = True,
+        lm_chunk_size: int = DEFAULT_CHUNK,
+    ) -> None:
+        self.weights = weights
+        self.captions = captions
+        self.token_aux = token_aux
+        self.lm_chunk_size = lm_chunk_size
+        self.matching = {
+            "cost_obj": cost_obj,
+            "cost_bbox": cost_bbox,
+            "cost_giou": cost_giou,
+            "focal_alpha": focal_alpha,
+            "focal_gamma": focal_gamma,
+        }
+        self.criterion = DetectionCriterion(
+            l1=weights.bbox_l1_weight,
+            giou=weights.bbox_giou_weight,
+            objectness=weights.objectness_weight,
+            caption=weights.caption_weight,
+            aux=aux,
+            **self.matching,
+        )
+
+    def __call__(
+        self,
+        model: BBUModel,
+        output: BBUOutput,
+        batch: Mapping[str, Any],
+        *,
+        step: int | None = None,
+    ) -> LossBreakdown:
+        lm = lm_losses(
+            output.hidden_states,
+            batch["labels"],
+            batch["segment"],
+            model.qwen.get_output_embeddings(),
+            chunk_size=self.lm_chunk_size,
+        )
+        losses: dict[str, torch.Tensor] = {"teacher_lm": lm.teacher_lm, "student_lm": lm.student_lm}
+        stats: dict[str, torch.Tensor | float] = {
+            "teacher_tokens": lm.teacher_tokens,
+            "student_tokens": lm.student_tokens,
+        }
+        device = output.hidden_states.device
+        targets = self._targets(output, batch, device)
+        # Always called: under torch.distributed it is a collective every rank must join.
+        num_boxes = num_boxes_across_ranks(targets, device)
+        stats["num_boxes"] = num_boxes
+        if output.head is not None:
+            losses.update(self._detection(model, output, targets, batch, num_boxes, step))
+        return LossBreakdown(total_loss(losses, self.weights), losses, stats)
+
+    def _targets(
+        self, output: BBUOutput, batch: Mapping[str, Any], device: torch.device
+    ) -> list[DetTargets]:
+        """GT boxes of the head's samples; a sample with boxes but no image is an error."""
+        gt_boxes = batch["gt_boxes"]
+        rows = output.head_samples.tolist()
+        missing = [i for i, boxes in enumerate(gt_boxes) if len(boxes) and i not in rows]
+        if missing:
+            raise ValueError(f"samples {missing} have GT boxes but no image to detect them in")
+        return [DetTargets(gt_boxes[i].to(device=device, dtype=torch.float32)) for i in rows]
+
+    def _detection(
+        self,
+        model: BBUModel,
+        output: BBUOutput,
+        targets: list[DetTargets],
+        batch: Mapping[str, Any],
+        num_boxes: float,
+        step: int | None,
+    ) -> dict[str, torch.Tensor]:
+        head = output.head
+        layers = [
+            LayerOutput(logits, boxes)
+            for logits, boxes in zip(head.logits, head.boxes, strict=True)
+        ]
+        det = self.criterion(layers, targets, num_boxes=num_boxes, step=step)
+        losses = {k: v for k, v in det.items() if k != "total"}
+        if self.token_aux:
+            stage = LayerOutput(head.token_logits, head.token_boxes)
+            token = self.criterion([stage], targets, num_boxes=num_boxes, step=step)
+            losses["objectness_token"] = token["objectness"]
+        if (
+            self.weights.caption_weight > 0
+            and model.head.caption_decoder is not None
+            and self.captions is not None
+        ):
+            descs = [batch["gt_descs"][i] for i in output.head_samples.tolist()]
+            losses["caption"] = self._caption(model, output, targets, descs, num_boxes, step)
+        return losses
+
+    def _caption(
+        self,
+        model: BBUModel,
+        output: BBUOutput,
+        targets: list[DetTargets],
+        descs: list[Sequence[str]],
+        num_boxes: float,
+        step: int | None,
+    ) -> torch.Tensor:
+        """Token-mean caption cross entropy of the matched queries, summed / num_boxes."""
+        head = output.head
+        indices = hungarian_matcher(
+            head.pred_logits, head.pred_boxes, [t.boxes for t in targets], step=step,
+            **self.matching,
+        )  # fmt: skip
+        device = head.hidden.device
+        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
+        query_idx = torch.cat([q for q, _ in indices])
+        ids = [
+            self.captions([d[int(t)] for t in tgt])
+            for d, (_, tgt) in zip(descs, indices, strict=True)
+        ]
+        caption_ids = torch.cat(ids).to(device)  # (M, L)
+        if len(caption_ids) == 0:
+            return head.hidden.sum() * 0.0
+        hidden = head.hidden[batch_idx.to(device), query_idx.to(device)]
+        logits = model.head.caption_logits(hidden, caption_ids)  # (M, L, V)
+        ce = F.cross_entropy(
+            logits.flatten(0, 1).float(), caption_ids.flatten(), ignore_index=PAD, reduction="none"
+        ).view_as(caption_ids)
+        tokens = (caption_ids != PAD).sum(1).clamp(min=1)
+        return (ce.sum(1) / tokens).sum() / num_boxes
