@@ -1,5 +1,6 @@
-"""`bbu eval PREDICTIONS --data GT`: score a predictions file with `evaluate_files`, render the metrics,
-the per-class table and the problems found (or print metrics.json with --json)."""
+"""`bbu eval CKPT [--data GT]`: run a checkpoint over a split and score it (`evaluate_checkpoint`, with a
+progress bar); `bbu eval PREDICTIONS --data GT`: score a predictions file (`evaluate_files`). Renders
+the metrics, the per-class table and the problems found (or prints metrics.json with --json)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,28 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
 from bbucli.errors import UsageError
-from bbucli.evaluation import EvalResult, EvalRun, evaluate_files
+from bbucli.evaluation import EvalResult, evaluate_files
 
 PROBLEMS_SHOWN = 15
+
+
+class Source(str, Enum):
+    head = "head"
+    lm = "lm"
+    both = "both"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 class Backend(str, Enum):
@@ -25,13 +40,17 @@ class Backend(str, Enum):
     faster = "faster"
 
 
-HELP = """Score predictions against ground truth: COCO AP/AR, per-class and type-level AP, precision/recall/F1 and a confusion matrix at a score threshold, defect escape rate.
+HELP = """Evaluate a checkpoint, or score predictions, against ground truth: COCO AP/AR, per-class and type-level AP, precision/recall/F1 and a confusion matrix at a score threshold, defect escape rate, unparseable answers.
+
+CKPT (a checkpoint folder written by `bbu train`): runs inference over --data (default: the val JSONL named in the checkpoint's config.yaml) with --source head (detection head, score = objectness), lm (generated answer, score = mean token log-probability) or both, prepending --teachers K of each episode's teachers (default: the training config's data.num_teachers). Writes predictions.jsonl, inference.json and the files below into --out (default: CKPT/eval/; with --source both, one sub-folder per source).
 
 PREDICTIONS is a bbu predictions JSONL (one line per image: {"image": "images/a.jpeg", "objects": [{"bbox_2d": \\[x1, y1, x2, y2], "desc": "...", "score": 0.9}], "source": "head", "unparseable": false}) or a COCO results JSON; --data is a JSONL split written by `bbu convert` or a COCO instances JSON. Malformed lines, unknown images and boxes outside the image are reported by file:line; the rest is scored.
 
 Writes metrics.json, results_coco.json, per_class.csv, confusion.csv, pr_curve.png and overlays/ of the worst images into --out (default: eval/ beside PREDICTIONS).
 
 [bold]Examples[/]
+
+[cyan]bbu eval runs/tiny/checkpoint-100 --source both[/]
 
 [cyan]bbu eval runs/preds.jsonl --data runs/data/bbu.val.jsonl[/]
 
@@ -43,8 +62,8 @@ def _f(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _metrics(result: EvalResult, run: EvalRun) -> Table:
-    table = Table(title="bbu eval", show_header=False)
+def _metrics(result: EvalResult, formats: str, out_dir: Path | None, written: dict[str, Path], title: str = "bbu eval") -> Table:
+    table = Table(title=title, show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", overflow="fold")
     coco = result.coco
@@ -68,10 +87,10 @@ def _metrics(result: EvalResult, run: EvalRun) -> Table:
     table.add_row("images", f"{c['images']} ({c['images_without_objects']} without objects, {c['images_without_predictions']} without predictions)")
     table.add_row("objects / predictions", f"{c['gt_objects']} / {c['predictions_scored']} scored of {c['predictions']} read")
     table.add_row("unparseable answers", str(c["unparseable"]))
-    table.add_row("formats", f"predictions {run.predictions_format}, ground truth {run.ground_truth_format}")
+    table.add_row("formats", formats)
     table.add_row("backend", result.backend)
-    if run.out_dir is not None:
-        table.add_row("written", f"{', '.join(sorted({p.name if p.parent == run.out_dir else p.parent.name + '/' for p in run.written.values()}))}\nin {run.out_dir}")
+    if out_dir is not None:
+        table.add_row("written", f"{', '.join(sorted({p.name if p.parent == out_dir else p.parent.name + '/' for p in written.values()}))}\nin {out_dir}")
     return table
 
 
@@ -99,23 +118,37 @@ def _problems(result: EvalResult) -> Table:
 @app.command("eval", help=HELP)
 @handle_errors
 def eval_command(
-    predictions: Annotated[Path, typer.Argument(exists=True, help="Predictions: a bbu predictions JSONL or a COCO results JSON.")],
-    data: Annotated[Path, typer.Option("--data", "-d", exists=True, dir_okay=False, help="Ground truth: a JSONL split from `bbu convert` or a COCO instances JSON.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False, help="Folder for metrics.json, tables and plots (default: eval/ beside PREDICTIONS).")] = None,
+    target: Annotated[Path, typer.Argument(exists=True, metavar="CKPT|PREDICTIONS", help="A checkpoint folder, or predictions: a bbu predictions JSONL or a COCO results JSON.")],
+    data: Annotated[Path | None, typer.Option("--data", "-d", exists=True, dir_okay=False, help="Ground truth: a JSONL split from `bbu convert` or a COCO instances JSON (required for PREDICTIONS).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", file_okay=False, help="Folder for metrics.json, tables and plots (default: CKPT/eval/, or eval/ beside PREDICTIONS).")] = None,
     threshold: Annotated[float | None, typer.Option("--threshold", "-t", help="Score threshold for P/R/F1, confusion and escapes (default: the best F1 on this split).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="COCOeval implementation; auto uses faster-coco-eval when installed (same numbers).")] = Backend.auto,
-    taxonomy: Annotated[Path | None, typer.Option("--taxonomy", help="Taxonomy YAML telling defect classes apart (default: the built-in one).")] = None,
+    taxonomy: Annotated[Path | None, typer.Option("--taxonomy", help="Taxonomy YAML telling defect classes apart (default: the checkpoint's, else the built-in one).")] = None,
     overlays: Annotated[int, typer.Option("--overlays", min=0, help="Overlay PNGs of the worst images to draw.")] = 8,
-    as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables ({source: metrics} with --source both).")] = False,
+    source: Annotated[Source | None, typer.Option("--source", help="CKPT only: head, lm or both (default head).")] = None,
+    teachers: Annotated[int | None, typer.Option("--teachers", "-k", min=0, help="CKPT only: teachers prepended per image (default: the config's data.num_teachers).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="CKPT only: images per forward pass (default 4).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="CKPT only: longest generated answer for lm (default 1024).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="CKPT only: cuda, cuda:1, cpu (default: cuda when available).")] = None,
+    dtype: Annotated[DType | None, typer.Option("--dtype", help="CKPT only: Qwen weights dtype (default auto: bf16 on a GPU, else fp32).")] = None,
 ) -> None:
-    if predictions.is_dir():
-        raise UsageError(
-            f"{predictions} is a folder: scoring a checkpoint arrives with the training stage",
-            hint="pass a predictions file (bbu predictions JSONL or COCO results JSON) and --data GT",
-        )
+    if target.is_dir():
+        _eval_checkpoint(
+            target, data, out_dir, threshold=threshold, backend=backend.value, taxonomy=taxonomy, overlays=overlays,
+            as_json=as_json, source=source or Source.head, teachers=teachers, batch_size=batch_size or 4,
+            max_new_tokens=max_new_tokens or 1024, device=device, dtype=None if dtype in (None, DType.auto) else dtype.value,
+        )  # fmt: skip
+        return
+    given = [name for name, value in (("--source", source), ("--teachers", teachers), ("--batch-size", batch_size),
+             ("--max-new-tokens", max_new_tokens), ("--device", device), ("--dtype", dtype)) if value is not None]  # fmt: skip
+    if given:
+        raise UsageError(f"{', '.join(given)} apply to a checkpoint folder, not to a predictions file", hint="drop them, or pass a checkpoint folder")
+    if data is None:
+        raise UsageError("scoring a predictions file needs --data GT", hint="pass --data with the JSONL split or COCO instances JSON the predictions were made on")
     with err.status("scoring", spinner="dots") as status:
         run = evaluate_files(
-            predictions, data, out_dir, threshold=threshold, backend=backend.value, taxonomy=taxonomy,
+            target, data, out_dir, threshold=threshold, backend=backend.value, taxonomy=taxonomy,
             overlays=overlays, progress=lambda stage, done, total: status.update(f"scoring: {stage} ({done + 1}/{total})"),
         )
     if as_json:
@@ -124,4 +157,34 @@ def eval_command(
     out.print(_per_class(run.result))
     if run.result.problems:
         out.print(_problems(run.result))
-    out.print(_metrics(run.result, run))
+    out.print(_metrics(run.result, f"predictions {run.predictions_format}, ground truth {run.ground_truth_format}", run.out_dir, dict(run.written)))
+
+
+def _eval_checkpoint(checkpoint: Path, data: Path | None, out_dir: Path | None, *, as_json: bool, source: Source, **options) -> None:
+    from bbucli.evaluation.checkpoint_eval import evaluate_checkpoint
+
+    sources = ("head", "lm") if source is Source.both else (source.value,)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            name = "predicting" if stage == "predict" else "loading the checkpoint" if stage == "load" else "scoring"
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        run = evaluate_checkpoint(checkpoint, data, out_dir, sources=sources, progress=progress, **options)
+    if as_json:
+        metrics = {s.source: s.result.to_dict() for s in run.sources}
+        typer.echo(json.dumps(metrics[sources[0]] if len(sources) == 1 else metrics, ensure_ascii=False, indent=2))
+        return
+    k = "all listed" if run.teachers is None else str(run.teachers)
+    formats = f"checkpoint {run.checkpoint}, ground truth {run.ground_truth_format} ({run.data}), teachers {k}"
+    for s in run.sources:
+        out.print(_per_class(s.result))
+        if s.result.problems:
+            out.print(_problems(s.result))
+        title = f"bbu eval: {s.source} ({run.images_predicted} of {run.images} images, {s.seconds_per_image:.2f} s/image)"
+        out.print(_metrics(s.result, formats, s.out_dir, dict(s.written), title=title))

@@ -1,5 +1,5 @@
-"""`bbu eval PREDICTIONS --data GT` through Typer's runner: exit codes 0/1/2, tables, --json,
-problems by line, the checkpoint-folder message, --help."""
+"""`bbu eval PREDICTIONS --data GT` and `bbu eval CKPT` through Typer's runner: exit codes 0/1/2,
+tables, --json, problems by line, a checkpoint evaluated end to end on a converted split, --help."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from bbucli.cli.app import app
+from bbucli.convert.pipeline import ConvertOptions, convert_dataset
+
+RAW = Path(__file__).resolve().parents[2] / "examples" / "raw"
+#: Five raw photos (one EXIF-rotated), enough for a teacher pool and a val split of two.
+STEMS = ("QC-20230221-0002857_21408", "QC-20230223-0002865_21610", "QC-20230221-0002864_21461",
+         "QC-20230221-0002864_21508", "QC-20230224-0002895_21881")  # fmt: skip
 
 runner = CliRunner()
 A = "screw/bbu_install_screw/correct"
@@ -59,12 +65,18 @@ def test_default_out_is_eval_beside_predictions(files):
     assert (preds.parent / "eval" / "pr_curve.png").is_file()
 
 
-def test_a_folder_is_a_checkpoint_not_yet_supported(files, tmp_path):
+def test_a_folder_that_is_no_checkpoint_exits_1(files, tmp_path):
     gt, _ = files
     result = invoke(tmp_path, "--data", gt)
+    assert result.exit_code == 1
+    assert "is not a checkpoint" in result.output and "bbu train" in result.output
+
+
+def test_checkpoint_options_are_refused_for_a_predictions_file(files):
+    gt, preds = files
+    result = invoke(preds, "--data", gt, "--source", "lm", "--teachers", "1")
     assert result.exit_code == 2
-    assert "scoring a checkpoint arrives with the training stage" in result.output
-    assert "pass a predictions file" in result.output
+    assert "--source, --teachers apply to a checkpoint folder" in result.output
 
 
 def test_unusable_ground_truth_exits_1(files, tmp_path):
@@ -79,7 +91,8 @@ def test_unusable_ground_truth_exits_1(files, tmp_path):
 def test_missing_files_and_bad_options_exit_2(files, tmp_path):
     gt, preds = files
     assert invoke(tmp_path / "nope.jsonl", "--data", gt).exit_code == 2
-    assert invoke(preds).exit_code == 2  # --data is required
+    result = invoke(preds)
+    assert result.exit_code == 2 and "needs --data" in result.output
     assert invoke(preds, "--data", gt, "--backend", "tensorflow").exit_code == 2
 
 
@@ -87,3 +100,72 @@ def test_help_shows_examples():
     result = runner.invoke(app, ["eval", "--help"])
     assert result.exit_code == 0
     assert "bbu eval runs/preds.jsonl --data" in result.output and "--threshold" in result.output
+
+
+# ---- bbu eval CKPT -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, val JSONL): five raw photos converted small, and an untrained checkpoint whose
+    config.yaml names the val split (as a training run's would)."""
+    import torch
+
+    from bbucli.chat.loading import load_processor
+    from bbucli.chat.prompts import Prompts
+    from bbucli.model.bbu_model import BBUModel
+    from bbucli.model.checkpoint import save_checkpoint
+    from bbucli.model.loading import load_model
+    from bbucli.model.multitask import build_caption_vocab
+
+    raw = tmp_path_factory.mktemp("raw")
+    for stem in STEMS:
+        for ext in (".jpeg", ".json"):
+            (raw / f"{stem}{ext}").symlink_to(RAW / f"{stem}{ext}")
+    train = tmp_path_factory.mktemp("data") / "bbu.jsonl"
+    convert_dataset(raw, train, ConvertOptions(val_ratio=0.5, pool=1, max_pixels=48 * 28 * 28))
+    val = train.with_name("bbu.val.jsonl")
+    processor = load_processor("tiny", max_pixels=48 * 28 * 28)
+    torch.manual_seed(0)
+    vocab = build_caption_vocab(processor.tokenizer, ["挡风板/安装", "BBU品牌/华为"])
+    model = BBUModel.from_qwen(load_model("tiny"), caption_vocab=vocab, width=64, layers=1, heads=4, ffn=128, caption_max_len=6)
+    config = f"data:\n  train: {train}\n  val: {val}\n  lang: zh\n  num_teachers: 1\n"
+    prompts = Prompts(system="Find every object.", instruction="Detect.")
+    path = save_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint-1", model, processor, config_yaml=config, prompts=prompts)
+    return path, val
+
+
+def test_checkpoint_both_sources_on_the_configured_val_split(checkpoint):
+    ckpt, val = checkpoint
+    result = invoke(ckpt, "--source", "both", "--max-new-tokens", "4", "--backend", "pycocotools", "--overlays", "1")
+    assert result.exit_code == 0, result.output
+    images = len(val.read_text().splitlines())
+    assert images == 2
+    for source in ("head", "lm"):
+        folder = ckpt / "eval" / source
+        for name in ("metrics.json", "predictions.jsonl", "results_coco.json", "gt_coco.json", "per_class.csv",
+                     "confusion.csv", "pr_curve.png", "inference.json"):  # fmt: skip
+            assert (folder / name).is_file(), (source, name)
+        assert len(list((folder / "overlays").glob("01_*.png"))) == 1
+        metrics = json.loads((folder / "metrics.json").read_text())
+        lines = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        assert len(lines) == images and {line["source"] for line in lines} == {source}
+        assert metrics["counts"]["images"] == images and metrics["counts"]["prediction_records"] == images
+        assert metrics["counts"]["unparseable"] == sum(line["unparseable"] for line in lines)
+        info = json.loads((folder / "inference.json").read_text())
+        assert info["teachers"] == 1 and info["data"] == str(val) and info["source"] == source
+        if source == "lm":
+            assert all("raw" in line for line in lines)
+    for text in ("bbu eval: head", "bbu eval: lm", "unparseable answers", "teachers 1", "AP / AP50 / AP75"):
+        assert text in result.output, text
+
+
+def test_checkpoint_with_explicit_data_json_and_no_teachers(checkpoint, tmp_path):
+    ckpt, val = checkpoint
+    out = tmp_path / "out"
+    result = invoke(ckpt, "--data", val, "--out", out, "--teachers", "0", "--backend", "pycocotools", "--json", "--overlays", "0")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["counts"]["images"] == 2 and metrics["counts"]["predictions"] > 0
+    assert (out / "metrics.json").is_file() and (out / "predictions.jsonl").is_file()
+    assert json.loads((out / "inference.json").read_text())["teachers"] == 0

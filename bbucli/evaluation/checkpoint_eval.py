@@ -1,0 +1,235 @@
+"""`bbu eval CKPT`: run a checkpoint over a split and score it (DESIGN 5).
+
+    run = evaluate_checkpoint("runs/tiny/checkpoint-100", sources=("head", "lm"))
+
+Steps: read the ground truth (`--data`, default: the `data.val` JSONL named in the checkpoint's
+config.yaml), predict every image whose file exists with `Inference` (teachers as below), then per
+source `evaluate` and write the `eval/` folder (`write_eval_dir`) plus:
+
+    predictions.jsonl   the predictions (bbu predictions JSONL; lm lines also carry `raw`, the
+                        generated text), boxes in the pixels of the scored image file
+    inference.json      what was run: checkpoint, data, source, teachers, seconds per image (all
+                        sources together), unparseable answers, mean prompt length
+
+One source writes into `out_dir` (default `CKPT/eval/`); several write `out_dir/<source>/` each.
+
+Teachers: a bbu JSONL episode lists its own teachers (drawn by `bbu convert`); the first K are
+prepended, K = `teachers` or, when None, the training config's `data.num_teachers` (all listed
+ones without a config), then, like training, dropped (the last first) while the prompt exceeds
+the config's `data.max_tokens`. A COCO ground truth has no teachers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bbucli.errors import DataError, UsageError
+from bbucli.evaluation.evaluate import evaluate
+from bbucli.evaluation.ground_truth import read_ground_truth
+from bbucli.evaluation.inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_K, SOURCES, Inference
+from bbucli.evaluation.predict_images import prediction_line
+from bbucli.evaluation.result import EvalResult
+from bbucli.evaluation.types import GroundTruth
+from bbucli.evaluation.writers import OVERLAYS, write_eval_dir
+from bbucli.model.checkpoint import Checkpoint, load_checkpoint
+from bbucli.schema import (
+    Episode,
+    RecordError,
+    Sample,
+    iter_episodes,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from bbucli.taxonomy import Taxonomy
+
+#: progress(stage, done, total): "load", "predict", then the scoring stages of each source.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class SourceEval:
+    """The evaluation of one source: its result, the files written ({name: path}), its folder;
+    seconds_per_image: inference wall time per image, all sources asked together (they share
+    the image preparation)."""
+
+    source: str
+    result: EvalResult
+    written: Mapping[str, Path]
+    out_dir: Path | None
+    seconds_per_image: float
+
+
+@dataclass(frozen=True)
+class CheckpointEvalRun:
+    """A checkpoint evaluated on a split: one `SourceEval` per source, in the order asked.
+    teachers: K prepended per image (None: all an episode lists); images: in the ground truth;
+    images_predicted: those whose file exists."""
+
+    checkpoint: Path
+    data: Path
+    ground_truth_format: str
+    teachers: int | None
+    images: int
+    images_predicted: int
+    sources: tuple[SourceEval, ...]
+
+
+def default_data(checkpoint: Checkpoint) -> Path:
+    """The val JSONL of the checkpoint's training config (`data.val`); UsageError when it has none."""
+    data = (checkpoint.config.get("data") or {}).get("val")
+    hint = "pass --data with a JSONL split written by `bbu convert` (e.g. runs/data/bbu.val.jsonl)"
+    if not data:
+        raise UsageError(
+            f"{checkpoint.path} names no validation split (config.yaml data.val)", hint=hint
+        )
+    path = Path(data)
+    if not path.is_absolute():
+        path = checkpoint.path / path
+    if not path.is_file():
+        raise DataError(f"the checkpoint's validation split {path} does not exist", hint=hint)
+    return path
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    sources: Sequence[str] = ("head",),
+    teachers: int | None = None,
+    threshold: float | None = None,
+    backend: str = "auto",
+    taxonomy: Taxonomy | str | Path | None = None,
+    overlays: int = OVERLAYS,
+    batch_size: int = 4,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    top_k: int | None = DEFAULT_TOP_K,
+    device: str | None = None,
+    dtype: str | None = None,
+    write: bool = True,
+    progress: Progress | None = None,
+) -> CheckpointEvalRun:
+    """Predict `data` with the checkpoint and score each source (module doc).
+
+    threshold: the score threshold of the operating point (None: best F1 on this split);
+    taxonomy: tells defect classes apart (default: the checkpoint's taxonomy.yaml, else built-in).
+    """
+    sources = tuple(dict.fromkeys(sources))
+    if not sources or any(s not in SOURCES for s in sources):
+        raise UsageError(f"sources must be among {', '.join(SOURCES)}, got {list(sources)!r}")
+    if teachers is not None and teachers < 0:
+        raise UsageError(f"--teachers must be >= 0, got {teachers}")
+    report = progress or (lambda stage, done, total: None)
+    report("load", 0, 1)
+    import torch
+
+    resolved_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(checkpoint, device=resolved_device, dtype=dtype)
+    report("load", 1, 1)
+    data = Path(data) if data is not None else default_data(ckpt)
+    ground_truth = read_ground_truth(data)
+    taxonomy = _taxonomy(taxonomy, ckpt)
+    k = _teacher_count(teachers, ckpt, ground_truth)
+    inference = Inference(
+        ckpt.model,
+        ckpt.processor,
+        ckpt.prompts(),
+        batch_size=batch_size,
+        device=resolved_device,
+        max_tokens=ckpt.max_tokens,
+    )
+
+    scored = [image for image in ground_truth.images if image.file is not None]
+    episodes = _episodes(data) if ground_truth.format == "bbu-jsonl" and k != 0 else {}
+    teacher_lists = [_teachers(episodes.get(image.key), data.parent, k) for image in scored]
+    report("predict", 0, len(scored))
+    started = time.perf_counter()
+    predictions = inference.predict(
+        [image.file for image in scored], None, teacher_lists, sources=sources, top_k=top_k,
+        max_new_tokens=max_new_tokens, keys=[image.key for image in scored],
+        progress=lambda done, total: report("predict", done, total),
+    )  # fmt: skip
+    seconds = (time.perf_counter() - started) / max(len(scored), 1)
+
+    base = Path(out_dir) if out_dir is not None else ckpt.path / "eval"
+    results = []
+    for source in sources:
+        found = predictions[source]
+        result = evaluate(
+            [p.detections for p in found], ground_truth, threshold=threshold, taxonomy=taxonomy, backend=backend,
+            progress=lambda stage, done, total, s=source: report(f"{s}: {stage}", done, total),
+        )  # fmt: skip
+        folder = (base if len(sources) == 1 else base / source) if write else None
+        written: dict[str, Path] = {}
+        if folder is not None:
+            written = write_eval_dir(
+                folder, result, ground_truth, taxonomy=taxonomy, overlays=overlays
+            )
+            written["predictions"] = folder / "predictions.jsonl"
+            write_jsonl_atomic(written["predictions"], (prediction_line(p) for p in found))
+            written["inference"] = folder / "inference.json"
+            write_json_atomic(written["inference"], {
+                "checkpoint": str(ckpt.path), "data": str(data), "source": source, "teachers": k,
+                "images": len(ground_truth.images), "images_predicted": len(scored),
+                "seconds_per_image": round(seconds, 4), "batch_size": batch_size, "device": str(resolved_device),
+                "max_new_tokens": max_new_tokens if source == "lm" else None, "top_k": top_k,
+                "unparseable": sum(p.detections.unparseable for p in found),
+                "teachers_mean": round(sum(p.teachers for p in found) / max(len(found), 1), 3),
+                "prompt_tokens_mean": round(sum(p.prompt_tokens for p in found) / max(len(found), 1), 1),
+            })  # fmt: skip
+        results.append(SourceEval(source, result, written, folder, seconds))
+    return CheckpointEvalRun(
+        ckpt.path,
+        data,
+        ground_truth.format,
+        k,
+        len(ground_truth.images),
+        len(scored),
+        tuple(results),
+    )
+
+
+def _taxonomy(taxonomy: Taxonomy | str | Path | None, checkpoint: Checkpoint) -> Taxonomy:
+    if isinstance(taxonomy, Taxonomy):
+        return taxonomy
+    if taxonomy is None and (checkpoint.path / "taxonomy.yaml").is_file():
+        return Taxonomy.load(checkpoint.path / "taxonomy.yaml")
+    return Taxonomy.load(taxonomy)
+
+
+def _teacher_count(
+    teachers: int | None, checkpoint: Checkpoint, ground_truth: GroundTruth
+) -> int | None:
+    """K, the teachers per image; None: every teacher an episode lists."""
+    if ground_truth.format != "bbu-jsonl":
+        if teachers:
+            raise UsageError(
+                f"--teachers {teachers}: a {ground_truth.format} ground truth lists no teachers",
+                hint="use a bbu JSONL split (its episodes carry teachers), or --teachers 0",
+            )
+        return 0
+    if teachers is not None:
+        return teachers
+    configured = (checkpoint.config.get("data") or {}).get("num_teachers")
+    return configured if isinstance(configured, int) and configured >= 0 else None
+
+
+def _episodes(data: Path) -> dict[str, Episode]:
+    """Student image -> its episode (the first one; the ground-truth reader reports the rest)."""
+    found: dict[str, Episode] = {}
+    for _, item in iter_episodes(data):
+        if not isinstance(item, RecordError):
+            found.setdefault(item.student.image, item)
+    return found
+
+
+def _teachers(episode: Episode | None, root: Path, k: int | None) -> tuple[Sample, ...]:
+    """The first `k` (None: all) teachers of `episode`, image paths resolved against the JSONL folder."""
+    if episode is None or k == 0:
+        return ()
+    return tuple(
+        replace(t, images=tuple(str(root / p) for p in t.images)) for t in episode.teachers[:k]
+    )

@@ -1,0 +1,406 @@
+"""The trained-checkpoint folder: `save_checkpoint`, `load_checkpoint`, `is_checkpoint` (DESIGN 4).
+
+    ckpt/
+      qwen/               Qwen2.5-VL via `save_pretrained` (config.json, model.safetensors,
+                          generation_config.json): loads in plain transformers
+      processor/          tokenizer, preprocessor_config.json (pixel limits), chat_template.json
+      head.safetensors    the detection head's state dict (names relative to `DetectionHead`)
+      bbu.json            format, versions, head config, text_layer, caption vocabulary, prompts, extra
+      config.yaml         the resolved training config (when given)
+      taxonomy.yaml       the taxonomy the data was converted with (when given)
+
+Saving is atomic at the folder level: everything is written into a hidden temporary sibling
+(`.ckpt.tmp-*`, `bbu.json` last), which is then renamed into place. An existing checkpoint is
+swapped out (renamed to `.ckpt.old-*`, removed once the new one is in place), so readers see the
+old folder or the new one, never a mix. Entries of an existing folder that are not checkpoint
+files (a Trainer's optimizer.pt, trainer_state.json, ...) are hard-linked (copied where links are
+impossible) into the new folder before the swap, so replacing never loses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bbucli.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from bbucli.chat.loading import VLProcessor
+    from bbucli.chat.prompts import Prompts
+    from bbucli.model.bbu_model import BBUModel
+    from bbucli.model.head import HeadConfig
+
+FORMAT = "bbu-checkpoint"
+FORMAT_VERSION = 1
+META_FILE = "bbu.json"
+HEAD_FILE = "head.safetensors"
+QWEN_DIR = "qwen"
+PROCESSOR_DIR = "processor"
+CONFIG_FILE = "config.yaml"
+TAXONOMY_FILE = "taxonomy.yaml"
+#: What a checkpoint folder owns; anything else in a folder being replaced is carried over.
+OWNED = frozenset({META_FILE, HEAD_FILE, QWEN_DIR, PROCESSOR_DIR, CONFIG_FILE, TAXONOMY_FILE})
+_REQUIRED = (META_FILE, HEAD_FILE, f"{QWEN_DIR}/config.json", PROCESSOR_DIR)
+_RETRAIN = "save it again (`bbu train ... train.resume=true` writes a fresh checkpoint)"
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A loaded checkpoint. model: `BBUModel` in eval mode (head in fp32, Qwen in the dtype asked
+    for); processor: its `VLProcessor`; config_yaml / taxonomy_yaml: the saved texts or None;
+    meta: the decoded bbu.json; path: the folder."""
+
+    model: BBUModel
+    processor: VLProcessor
+    config_yaml: str | None
+    taxonomy_yaml: str | None
+    meta: Mapping[str, Any]
+    path: Path
+    config: Mapping[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", _parse_config(self.config_yaml, self.path))
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        return self.meta.get("extra") or {}
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The training token budget per episode (config `data.max_tokens`), None without one."""
+        value = (self.config.get("data") or {}).get("max_tokens")
+        return value if isinstance(value, int) and value > 0 else None
+
+    def prompts(self) -> Prompts:
+        """The system prompt and instruction the model was trained with.
+
+        bbu.json `prompts` when the trainer saved them (exact); otherwise rebuilt like training
+        builds them: the classes of the checkpoint's taxonomy.yaml (else the config's
+        `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang` (default zh)."""
+        from bbucli.chat.prompts import Prompts, build_prompts
+        from bbucli.taxonomy import Taxonomy
+
+        saved = self.meta.get("prompts")
+        if isinstance(saved, Mapping):
+            return Prompts(system=str(saved["system"]), instruction=str(saved["instruction"]))
+        data = self.config.get("data") or {}
+        lang = data.get("lang", "zh")
+        taxonomy_file = self.path / TAXONOMY_FILE
+        if not taxonomy_file.is_file():
+            configured = data.get("taxonomy")
+            taxonomy_file = Path(configured) if configured and Path(configured).is_file() else None
+        taxonomy = Taxonomy.load(taxonomy_file)
+        return build_prompts(taxonomy.descs(lang), lang)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """True when `path` is a folder holding every file of a complete checkpoint (see the module doc)."""
+    folder = Path(path)
+    return folder.is_dir() and not _missing(folder)
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: BBUModel,
+    processor: VLProcessor,
+    *,
+    config_yaml: str | None = None,
+    taxonomy_yaml: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    prompts: Prompts | None = None,
+) -> Path:
+    """Write `model` and `processor` as a checkpoint folder at `out_dir` (atomically, see the module
+    doc) and return its path. extra: JSON-serialisable values kept in bbu.json (step, metrics, ...);
+    prompts: the system prompt and instruction of training, so inference needs no rebuild.
+    Raises ModelError when `extra` is not JSON-serialisable or the folder cannot be written."""
+    from bbucli import __version__
+
+    out = Path(out_dir)
+    vocab = model.caption_vocab
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bbucli_version": __version__,
+        "head_config": asdict(model.head.config),
+        "text_layer": int(model.text_layer),
+        "im_start_id": int(model.im_start_id),
+        "caption_vocab": vocab.to_dict() if vocab is not None else None,
+        "prompts": None if prompts is None else {"system": prompts.system, "instruction": prompts.instruction},
+        "qwen_dtype": str(next(model.qwen.parameters()).dtype).removeprefix("torch."),
+        "files": {
+            "qwen": QWEN_DIR, "processor": PROCESSOR_DIR, "head": HEAD_FILE,
+            "config": CONFIG_FILE if config_yaml is not None else None,
+            "taxonomy": TAXONOMY_FILE if taxonomy_yaml is not None else None,
+        },
+        "extra": dict(extra or {}),
+    }  # fmt: skip
+    try:
+        meta_text = json.dumps(meta, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ModelError(
+            f"checkpoint metadata is not JSON-serialisable: {exc}",
+            hint="pass plain numbers, strings, lists and dicts in `extra`",
+        ) from exc
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        tmp.mkdir()
+        with _quiet_transformers():
+            model.qwen.save_pretrained(tmp / QWEN_DIR)
+        processor.save_pretrained(tmp / PROCESSOR_DIR)
+        _save_head(model, tmp / HEAD_FILE)
+        if config_yaml is not None:
+            _write_text(tmp / CONFIG_FILE, config_yaml)
+        if taxonomy_yaml is not None:
+            _write_text(tmp / TAXONOMY_FILE, taxonomy_yaml)
+        _write_text(tmp / META_FILE, meta_text)  # last: its presence marks a complete folder
+        _swap_in(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(
+            f"cannot write checkpoint {out}: {exc}", hint="check free disk space and permissions"
+        ) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+) -> Checkpoint:
+    """Load a checkpoint folder written by `save_checkpoint`.
+
+    dtype / attn_implementation: of the Qwen part, as in `load_model` (default bf16 on a CUDA
+    machine, else fp32; flash-attention-2 when available for half dtypes, else sdpa); the head
+    is kept in fp32 (it casts its inputs). device: where the model goes (default: CPU).
+    Raises ModelError naming what is missing or damaged.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from bbucli.chat.loading import load_processor
+    from bbucli.model.bbu_model import BBUModel
+    from bbucli.model.caption_vocab import CaptionVocab
+    from bbucli.model.head import HeadConfig
+    from bbucli.model.loading import load_model
+
+    folder = Path(path)
+    _check_folder(folder)
+    meta = _read_meta(folder)
+    hint = f"the checkpoint in {folder} is damaged or from another bbu version; {_RETRAIN}"
+    try:
+        head_config = HeadConfig(**meta["head_config"])
+        text_layer = int(meta["text_layer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{folder / META_FILE}: bad head config: {exc}", hint=hint) from exc
+    vocab_dict = meta.get("caption_vocab")
+    vocab = CaptionVocab.from_dict(vocab_dict) if vocab_dict is not None else None
+
+    try:
+        state = load_file(str(folder / HEAD_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"cannot read {folder / HEAD_FILE}: {exc}", hint=hint) from exc
+    _check_head_state(state, head_config, folder / HEAD_FILE, hint)
+    with _quiet_transformers():
+        try:
+            qwen = load_model(
+                folder / QWEN_DIR, dtype=dtype, attn_implementation=attn_implementation
+            )
+        except ModelError as exc:
+            raise ModelError(f"checkpoint {folder}: {exc.message}", hint=hint) from exc
+    processor = load_processor(folder / PROCESSOR_DIR)
+    kwargs = {"im_start_id": int(meta["im_start_id"])} if "im_start_id" in meta else {}
+    model = BBUModel(qwen, head_config, caption_vocab=vocab, text_layer=text_layer, **kwargs)
+    model.head.load_state_dict({k: v.float() for k, v in state.items()})
+    model.head.float()
+    if device is not None:
+        model.to(torch.device(device))
+    model.eval()
+    config_file, taxonomy_file = folder / CONFIG_FILE, folder / TAXONOMY_FILE
+    return Checkpoint(
+        model=model,
+        processor=processor,
+        config_yaml=config_file.read_text(encoding="utf-8") if config_file.is_file() else None,
+        taxonomy_yaml=taxonomy_file.read_text(encoding="utf-8")
+        if taxonomy_file.is_file()
+        else None,
+        meta=meta,
+        path=folder,
+    )
+
+
+# ---- internals -------------------------------------------------------------------------------
+
+
+def _missing(folder: Path) -> list[str]:
+    missing = [name for name in _REQUIRED if not (folder / name).exists()]
+    qwen = folder / QWEN_DIR
+    if qwen.is_dir() and not any(qwen.glob("*.safetensors")) and not any(qwen.glob("*.bin")):
+        missing.append(f"{QWEN_DIR}/model.safetensors")
+    return missing
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise ModelError(
+            f"checkpoint folder {folder} does not exist",
+            hint="pass a folder written by `bbu train` (one holding bbu.json, qwen/, processor/, head.safetensors)",
+        )
+    if not folder.is_dir():
+        raise ModelError(
+            f"{folder} is a file, not a checkpoint folder",
+            hint="pass the checkpoint folder written by `bbu train`",
+        )
+    missing = _missing(folder)
+    if not missing:
+        return
+    interrupted = list(folder.parent.glob(f".{folder.name}.tmp-*"))
+    partial = "is not a checkpoint" if len(missing) == len(_REQUIRED) else "is a partial checkpoint"
+    hint = (
+        f"a save into it was interrupted ({interrupted[0].name} is left beside it); {_RETRAIN}"
+        if interrupted
+        else "pass the checkpoint folder written by `bbu train` (e.g. runs/tiny/checkpoint-100)"
+    )
+    raise ModelError(f"{folder} {partial}: it lacks {', '.join(missing)}", hint=hint)
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    file = folder / META_FILE
+    hint = f"{file} is damaged or not written by bbu; {_RETRAIN}"
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {file}: {exc}", hint=hint) from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{file} is not a {FORMAT} description", hint=hint)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{file}: checkpoint format version {meta.get('format_version')!r} is not "
+            f"{FORMAT_VERSION} (written by bbucli {meta.get('bbucli_version')})",
+            hint="load it with the bbucli version that wrote it",
+        )
+    return meta
+
+
+def _check_head_state(
+    state: Mapping[str, torch.Tensor], config: HeadConfig, file: Path, hint: str
+) -> None:
+    """ModelError unless `state` has exactly the names and shapes of a head built from `config`
+    (checked on the meta device, before any weight loads)."""
+    import torch
+
+    from bbucli.model.head import DetectionHead
+
+    with torch.device("meta"):
+        expected = DetectionHead(config).state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} (config: {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ModelError(
+            f"{file} does not fit the head config in {META_FILE}: missing {_few(missing)}; "
+            f"unexpected {_few(unexpected)}; other shapes {_few(mismatched)}",
+            hint=hint,
+        )
+
+
+def _parse_config(text: str | None, folder: Path) -> Mapping[str, Any]:
+    if text is None:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{folder / CONFIG_FILE} is not valid YAML: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _save_head(model: BBUModel, file: Path) -> None:
+    from safetensors.torch import save_file
+
+    # Clones: safetensors refuses tensors sharing storage, and views must be contiguous.
+    state = {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in model.head.state_dict().items()
+    }
+    save_file(state, str(file), metadata={"format": "pt"})
+
+
+def _write_text(file: Path, text: str) -> None:
+    with file.open("w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is swapped out and its foreign entries kept."""
+    if not out.exists() and not out.is_symlink():
+        os.replace(tmp, out)
+        return
+    if not out.is_dir():
+        raise ModelError(
+            f"{out} exists and is not a folder", hint="pass a new or checkpoint folder path"
+        )
+    for entry in out.iterdir():
+        if entry.name in OWNED:
+            continue
+        target = tmp / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(target))
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No tqdm bars from transformers while saving or loading (the library never prints)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _few(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit]) or "none"
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
