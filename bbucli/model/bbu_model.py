@@ -11,8 +11,8 @@ What the head reads, per sample that has at least one image:
 - language memory: hidden states (layer `text_layer`) of the student's user turn, from its
   `<|im_start|>` (the last one before the student image) up to `prompt_end`, that is
   `<|im_start|>user\\n<|vision_start|>`, `<|vision_end|>`, the instruction, `<|im_end|>\\n` and the
-  generation header `<|im_start|>assistant\\n`. The student's `<|image_pad|>` positions are left out:
-  the vision memory already holds that image, with box positions the prompt tokens lack. Every
+  generation header `<|im_start|>assistant\\n`. The student's `<|image_pad|>` positions are left
+  out: the vision memory already holds that image, with box positions the prompt tokens lack. Every
   position taken is before `prompt_end`, and attention is causal (per sample in packed rows), so
   answer tokens (the boxes as text) never reach the head. The default layer is the final
   normalised output (what `lm_head` reads); an inner one is read by a forward hook on that decoder
@@ -128,7 +128,7 @@ class BBUModel(nn.Module):
         if problems:
             raise ConfigError(
                 "invalid BBUModel: " + "; ".join(problems),
-                hint="build the head config with BBUModel.from_qwen, or fix model.head in the config",
+                hint="build the head config with BBUModel.from_qwen, or fix the head sizes",
             )
         self.qwen = qwen
         self.head = DetectionHead(head_config)

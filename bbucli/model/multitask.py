@@ -269,8 +269,8 @@ class MultiTaskLoss:
             for d, (_, tgt) in zip(descs, indices, strict=True)
         ]
         caption_ids = torch.cat(ids).to(device)  # (M, L)
-        if len(caption_ids) == 0:
-            return head.hidden.sum() * 0.0
+        # M may be 0 (no box in the batch): the decoder still runs, on nothing, so its parameters
+        # get (zero) gradients and DDP without find_unused_parameters stays in step.
         hidden = head.hidden[batch_idx.to(device), query_idx.to(device)]
         logits = model.head.caption_logits(hidden, caption_ids)  # (M, L, V)
         ce = F.cross_entropy(

@@ -34,6 +34,7 @@ from bbucli.schema import DetObject, Episode, Sample
 
 COLOURS = {"cable/fibre": (220, 30, 30), "screw/install": (30, 60, 220)}
 HEAD = dict(width=64, layers=2, heads=4, ffn=128, caption_max_len=8)
+MAX_OBJECTS = 2
 
 
 @pytest.fixture(autouse=True)
@@ -45,15 +46,16 @@ def one_thread():
 
 
 def rectangles_set(root: Path, n_images: int, seed: int = 0) -> list[Episode]:
-    """n 112x112 images (merged grid 4x4): a plain background and 1-3 non-overlapping filled
-    rectangles of 24-56 px, red or blue (the desc says which); image 1 has image 0 as teacher."""
+    """n 112x112 images (merged grid 4x4): a plain background and 1 to MAX_OBJECTS
+    non-overlapping filled rectangles of 24-56 px, red or blue (the desc says which); image 1 has
+    image 0 as teacher."""
     rng = random.Random(seed)
     episodes, students = [], []
     for i in range(n_images):
         image = Image.new("RGB", (112, 112), tuple(rng.randint(150, 255) for _ in range(3)))
         draw = ImageDraw.Draw(image)
         objects: list[DetObject] = []
-        for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(1, MAX_OBJECTS)):
             desc = rng.choice(list(COLOURS))
             for _ in range(100):
                 w, h = rng.randint(24, 56), rng.randint(24, 56)
@@ -206,6 +208,22 @@ def test_every_parameter_gets_a_gradient(processor, vocab, samples) -> None:
         assert max(norms) > 0, group
 
 
+def test_batch_without_boxes_keeps_every_parameter_in_the_graph(processor, vocab, tmp_path) -> None:
+    rectangles_set(tmp_path, 2)
+    chat = ChatProcessor(processor, system_prompt="Find objects.", instruction="Detect.")
+    empty = [
+        chat.process_sample(Episode(student=Sample((f"{i}.png",), ())), tmp_path) for i in (0, 1)
+    ]
+    model = make_model(vocab)
+    batch = PackedDataCollator()(empty)
+    result = make_loss(processor, vocab)(model, model(batch), batch)
+    assert result.stats["num_boxes"] == 1.0  # clamped
+    assert float(result.losses["l1"].detach()) == float(result.losses["caption"].detach()) == 0.0
+    assert float(result.losses["objectness"].detach()) > 0  # every query is background
+    result.total.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
 def test_boxes_without_an_image_are_an_error(processor, vocab, samples) -> None:
     model = make_model(vocab)
     batch = PackedDataCollator()(samples)
@@ -247,7 +265,7 @@ def ap50(model: BBUModel, batch: dict, gt_boxes: list[torch.Tensor]) -> float:
 
 
 def test_whole_model_overfits_a_handful_of_images(processor, vocab, tmp_path) -> None:
-    samples = make_samples(processor, tmp_path, 4)
+    samples = make_samples(processor, tmp_path, 5)
     gt_boxes = [s.gt_boxes for s in samples]
     batch = PackedDataCollator()(samples)
     # A wider, deeper head than the other tests' converges in fewer steps; the steps' CPU time is
