@@ -43,6 +43,7 @@ _PUBLIC: dict[str, str] = {
     "load_checkpoint": "bbucli.model.checkpoint",
     "load_config": "bbucli.train.config",
     "BbuConfig": "bbucli.train.config",
+    "run_training": "bbucli.train.run",
 }
 
 

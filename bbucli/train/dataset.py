@@ -1,0 +1,246 @@
+"""What every training step reads: the JSONL episodes as a torch Dataset and its per-epoch batches.
+
+`EpisodeDataset` holds the episodes of one split and turns item i into a `ChatProcessorOutput`
+lazily (pixels are decoded in `__getitem__`, in the DataLoader's workers). Token lengths come from
+`ChatProcessor.measure` (image headers and text only), so building the dataset decodes nothing.
+An episode whose student alone exceeds `data.max_tokens` is left out and counted
+(`skipped_too_long`); teachers over the budget are dropped by the ChatProcessor and counted.
+
+Teacher re-draw (`data.teacher_resample`): epoch 0 keeps the teachers the JSONL names (what
+`bbu convert` chose, cut to `num_teachers`); every later epoch draws `num_teachers` teachers per
+student from the pool (`data.teachers`), those sharing a class with the student first, seeded by
+(seed, epoch, episode), so every rank and a resumed run draw the same. `set_epoch(e)` makes the
+draw; lengths, skips and bins follow it.
+
+`EpochBatches` is the DataLoader's batch sampler: token-budget bins (`TokenBudgetBatchSampler`,
+packed rows) or fixed-size batches (padded rows), in an order that is a pure function of
+(seed, epoch), sharded over ranks. Its length is fixed at epoch 0 (the Trainer reads it once):
+an epoch whose re-drawn teachers give more bins is cut, one with fewer repeats bins from its
+start. The Trainer calls `set_epoch` at the start of each epoch (also the resumed one), which is
+what makes a resumed run see exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Dataset
+
+from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
+from bbucli.data.sampler import TokenBudgetBatchSampler
+from bbucli.errors import DataError
+from bbucli.schema import Episode, Sample
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """Counts of one epoch's draw. episodes: in the file; samples: kept; skipped_too_long: students
+    alone over max_tokens; teachers_dropped: teachers the budget removed; tokens / vision_tokens:
+    totals of the kept samples (from `measure`)."""
+
+    episodes: int
+    samples: int
+    skipped_too_long: int
+    teachers_dropped: int
+    tokens: int
+    vision_tokens: int
+
+
+class EpisodeDataset(Dataset):
+    """Episodes of one split as `ChatProcessorOutput`s (see the module docstring).
+
+    episodes: read with `read_episodes`; image_root: the folder image paths are relative to;
+    teacher_pool: the pool samples re-drawn from (`resample`); num_teachers: teachers per student
+    (the JSONL's are cut to it); seed: of the re-draw.
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        processor: ChatProcessor,
+        image_root: str | Path,
+        *,
+        num_teachers: int = 1,
+        teacher_pool: Sequence[Sample] = (),
+        resample: bool = False,
+        seed: int = 0,
+        name: str = "train",
+    ) -> None:
+        if resample and not teacher_pool:
+            raise DataError(
+                f"{name}: teacher re-draw needs a teacher pool, and it is empty",
+                hint="set data.teachers to the OUT.teachers.jsonl written by `bbu convert`",
+            )
+        self.episodes = [_cut_teachers(e, num_teachers) for e in episodes]
+        self.processor = processor
+        self.image_root = Path(image_root)
+        self.num_teachers = num_teachers
+        self.teacher_pool = tuple(teacher_pool)
+        self.resample = resample
+        self.seed = seed
+        self.name = name
+        self.epoch = -1
+        self._current: list[Episode] = []
+        self._lengths: list[int] = []
+        self._vision: list[int] = []
+        self.stats = DatasetStats(0, 0, 0, 0, 0, 0)
+        self.set_epoch(0)
+        if not self._current:
+            raise DataError(
+                f"{name}: none of the {len(self.episodes)} episodes fits data.max_tokens "
+                f"({processor.max_tokens})",
+                hint="raise data.max_tokens, or convert with a smaller --max-pixels",
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the teachers of `epoch` (a no-op without re-draw after the first call) and measure."""
+        if epoch == self.epoch or (self.epoch >= 0 and not self.resample):
+            self.epoch = epoch
+            return
+        self.epoch = epoch
+        drawn = self.episodes
+        if self.resample and epoch > 0:
+            drawn = [
+                replace(e, teachers=redraw_teachers(e.student, self.teacher_pool, self.num_teachers,
+                                                    seed=(self.seed, epoch, i)))  # fmt: skip
+                for i, e in enumerate(self.episodes)
+            ]
+        kept, lengths, vision, counts = [], [], [], Counter()
+        for episode in drawn:
+            budget = self.processor.measure(episode, self.image_root)
+            if not budget.fits:
+                counts["skipped"] += 1
+                continue
+            counts["dropped"] += budget.teachers_dropped
+            kept.append(episode)
+            lengths.append(budget.tokens)
+            vision.append(budget.vision_tokens)
+        self._current, self._lengths, self._vision = kept, lengths, vision
+        self.stats = DatasetStats(
+            episodes=len(drawn),
+            samples=len(kept),
+            skipped_too_long=counts["skipped"],
+            teachers_dropped=counts["dropped"],
+            tokens=sum(lengths),
+            vision_tokens=sum(vision),
+        )
+
+    @property
+    def current(self) -> tuple[Episode, ...]:
+        """The episodes of the current epoch's draw that fit, in index order."""
+        return tuple(self._current)
+
+    def lengths(self) -> list[int]:
+        """Token count of every sample of the current epoch, in index order."""
+        return list(self._lengths)
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def __getitem__(self, index: int) -> ChatProcessorOutput:
+        out = self.processor.process_sample(self._current[index], self.image_root)
+        if out is None:  # measure said it fits; process_sample plans the same way
+            raise DataError(f"{self.name}: sample {index} no longer fits data.max_tokens")
+        return out
+
+
+def redraw_teachers(
+    student: Sample, pool: Sequence[Sample], k: int, *, seed: object
+) -> tuple[Sample, ...]:
+    """`min(k, candidates)` teachers for `student` from `pool` (never its own image): random among
+    those sharing a class with it first, then random among the rest. Depends only on the
+    arguments (`seed` is hashed with blake2b, not Python's salted `hash`)."""
+    digest = hashlib.blake2b(repr((seed, student.image)).encode(), digest_size=8).digest()
+    rng = random.Random(int.from_bytes(digest, "big"))
+    classes = {o.desc for o in student.objects}
+    candidates = [t for t in pool if t.image != student.image]
+    sharing = [t for t in candidates if classes & {o.desc for o in t.objects}]
+    rest = [t for t in candidates if not classes & {o.desc for o in t.objects}]
+    rng.shuffle(sharing)
+    rng.shuffle(rest)
+    return tuple((sharing + rest)[: max(k, 0)])
+
+
+def _cut_teachers(episode: Episode, k: int) -> Episode:
+    return episode if len(episode.teachers) <= k else replace(episode, teachers=episode.teachers[:k])
+
+
+class EpochBatches:
+    """Batch sampler over an `EpisodeDataset` (see the module docstring).
+
+    packed: token-budget bins of at most `max_tokens_per_batch` tokens (one packed row each);
+    else `batch_size` samples per batch, in a shuffled order. shuffle: per-epoch order from
+    `seed + epoch` (evaluation passes False). num_replicas / rank: each rank takes every
+    num_replicas-th batch; every rank gets the same number of batches.
+    """
+
+    def __init__(
+        self,
+        dataset: EpisodeDataset,
+        *,
+        packed: bool,
+        max_tokens_per_batch: int,
+        batch_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.packed = packed
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._length = len(self._all_batches())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-draw the dataset's teachers for `epoch` and order its batches."""
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def _all_batches(self) -> list[list[int]]:
+        """This rank's batches of the dataset's current draw, in this epoch's order."""
+        lengths = self.dataset.lengths()
+        if self.packed:
+            sampler = TokenBudgetBatchSampler(
+                lengths, self.max_tokens_per_batch, seed=self.seed, shuffle=self.shuffle,
+                num_replicas=self.num_replicas, rank=self.rank,
+            )  # fmt: skip
+            sampler.set_epoch(self.epoch)
+            return list(sampler)
+        order = list(range(len(lengths)))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.num_replicas > 1 and batches:
+            total = -(-len(batches) // self.num_replicas) * self.num_replicas
+            batches = (batches * (total // len(batches) + 1))[:total]
+            batches = batches[self.rank :: self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        if not batches:
+            return iter(())
+        # Fixed length (see the module docstring): cut, or repeat from the start.
+        return iter((batches * (self._length // len(batches) + 1))[: self._length])
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose `set_epoch` reaches its `EpochBatches` (the Trainer calls it per epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)

@@ -1,0 +1,425 @@
+"""`BBUTrainer`: the transformers Trainer with BBUModel's multi-task loss (DESIGN 4).
+
+Only documented hooks are overridden:
+- `compute_loss`: `BBUModel` forward + `MultiTaskLoss`; a NaN or inf loss (or non-finite
+  predictions, which the matcher meets first) raises `TrainingDiverged` naming the step (a
+  non-finite loss on every rank together), so the run stops before the optimizer sees it and the
+  last checkpoint stays the last good one. Nothing is replaced by a constant.
+- `create_optimizer`: the five parameter groups of `build_param_groups`, each with its own learning
+  rate (`optim.lrs`; 0 freezes a group), in the optimizer class `train.optim` names.
+- `get_train_dataloader` / `get_eval_dataloader`: token-budget bins (packed rows) or fixed-size
+  batches (padded rows) from `EpochBatches`, sharded over ranks by bbu itself.
+- `save_model`: writes the bbu checkpoint layout (`save_fn`, i.e. `save_checkpoint`) into the
+  folder, plus `model.safetensors` in the Trainer's own checkpoints of a run without DeepSpeed
+  (what the Trainer reloads on resume; under DeepSpeed the engine's `global_step*/` holds it).
+- `log`: adds to each training log every loss component (means over the logging window, this
+  rank's), the learning rate of every group used by the last step (`lr_<group>`), tokens/s (this
+  rank's rate times the world size, evaluation time left out), the vision-token share and the
+  padding fraction (the unused share of the packed rows' token budget, or the padded share of
+  padded batches); eval logs get `eval_<component>`.
+
+Callbacks (`MetricsFile`, `ProgressReporter`) change *when* things are written or reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
+
+from bbucli.errors import BbuError, ConfigError
+from bbucli.loss.matcher import MatchingError
+from bbucli.model.bbu_model import BBUModel
+from bbucli.model.multitask import LossBreakdown, MultiTaskLoss
+from bbucli.model.param_groups import build_param_groups
+from bbucli.train.dataset import EpisodeDataset, EpochBatches, EpochDataLoader
+
+#: The Trainer's model weights file, read back on resume (runs without DeepSpeed).
+RESUME_WEIGHTS = "model.safetensors"
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+#: save_fn(folder, model, extra): writes the bbu checkpoint layout (run.py binds the processor,
+#: config, taxonomy and prompts).
+SaveFn = Callable[[Path, BBUModel, dict[str, Any]], None]
+
+
+class TrainingDiverged(BbuError):
+    """The training loss became NaN or inf; the run stopped before the optimizer step."""
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How batches are made. packed: one row of at most max_tokens_per_batch tokens per step;
+    else batch_size samples padded to the longest."""
+
+    packed: bool
+    max_tokens_per_batch: int
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What `run_training(progress=...)` is called with, on the main process only.
+
+    kind: "begin", "step", "log", "eval", "save" or "end"; step / max_steps: optimizer steps done
+    and planned; epoch: fractional epochs done; elapsed_s: since this process began training;
+    logs: the log or eval metrics ("log", "eval"), the latest log otherwise; path: the checkpoint
+    folder ("save")."""
+
+    kind: str
+    step: int
+    max_steps: int
+    epoch: float
+    elapsed_s: float
+    logs: Mapping[str, float] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete `checkpoint-N` folder with the largest N in `output_dir`, or None. A folder
+    without `trainer_state.json` (written last by the Trainer) was cut short and is skipped."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob(f"{CHECKPOINT_PREFIX}*"):
+        step = path.name.removeprefix(CHECKPOINT_PREFIX)
+        if step.isdigit() and (path / TRAINER_STATE).is_file():
+            found.append((int(step), path))
+    return max(found)[1] if found else None
+
+
+class _Meter:
+    """Sums of loss components and token counts over the steps since the last flush."""
+
+    def __init__(self) -> None:
+        self.reset()
+        # The first window starts with the first step, not with building the trainer.
+        self.since: float | None = None
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+        self.tokens = 0
+        self.vision = 0
+        self.padding = 0
+        self.capacity = 0
+        self.since = time.perf_counter()
+
+    def add(self, breakdown: LossBreakdown, batch: Mapping[str, Any], image_token_id: int,
+            row_budget: int | None, started: float) -> None:  # fmt: skip
+        if self.since is None:
+            self.since = started
+        # The total is the Trainer's own `loss` (averaged over ranks); the components are added.
+        for key, value in breakdown.losses.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        real = int(ids.numel() if mask is None else mask.sum())
+        self.tokens += real
+        self.vision += int((ids == image_token_id).sum())
+        if mask is None and row_budget:  # a packed row: the unused share of its budget
+            self.padding += max(row_budget - real, 0)
+            self.capacity += max(row_budget, real)
+        else:
+            self.padding += ids.numel() - real
+            self.capacity += ids.numel()
+
+    def flush(self, prefix: str = "", world_size: int = 1, throughput: bool = True) -> dict[str, float]:
+        out = {f"{prefix}{k}": float(v) / self.counts[k] for k, v in self.sums.items()}
+        if throughput and self.tokens:
+            elapsed = max(time.perf_counter() - (self.since or time.perf_counter()), 1e-9)
+            out["tokens_per_s"] = self.tokens * world_size / elapsed
+            out["vision_share"] = self.vision / self.tokens
+            out["padding"] = self.padding / max(self.capacity, 1)
+        self.reset()
+        return out
+
+
+class BBUTrainer(Trainer):
+    """The Trainer for a `BBUModel` (see the module docstring).
+
+    model: the BBUModel (not wrapped); loss: its `MultiTaskLoss`; lrs: learning rate per group;
+    batching: packed or padded batches; image_token_id: `<|image_pad|>` (vision-token share);
+    save_fn: writes the bbu checkpoint layout. Other keywords go to `Trainer` (args,
+    train_dataset / eval_dataset: `EpisodeDataset`s, data_collator, callbacks).
+    """
+
+    def __init__(
+        self,
+        model: BBUModel,
+        *,
+        loss: MultiTaskLoss,
+        lrs: Mapping[str, float],
+        batching: Batching,
+        image_token_id: int,
+        save_fn: SaveFn | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model=model, **kwargs)
+        self.loss_fn = loss
+        self.lrs = dict(lrs)
+        self.batching = batching
+        self.image_token_id = int(image_token_id)
+        self.save_fn = save_fn
+        # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
+        self._train_meter = _Meter()
+        self._eval_meter = _Meter()
+        self._step_lrs: dict[str, float] = {}
+
+    # ---- the loss ------------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """`model` may be wrapped (DDP, DeepSpeed engine); the loss reads the BBUModel itself."""
+        started = time.perf_counter()
+        output = model(inputs)
+        training = self.model.training
+        # Steps are counted from 1, as logged: the one being computed while training.
+        step = self.state.global_step + (1 if training else 0)
+        problem = None
+        try:
+            breakdown = self.loss_fn(self.model, output, inputs, step=step)
+        except MatchingError as exc:
+            if not training:
+                raise
+            # Non-finite predictions reach the matcher before they reach the loss.
+            breakdown, problem = None, f"the predictions are not finite ({exc.message})"
+        budget = self.batching.max_tokens_per_batch if self.batching.packed else None
+        if training:
+            self._check_finite(breakdown, problem)
+            self._train_meter.add(breakdown, inputs, self.image_token_id, budget, started)
+            # The rates this step's optimizer update uses (the scheduler steps after it).
+            self._step_lrs = self.group_learning_rates()
+        else:
+            self._eval_meter.add(breakdown, inputs, self.image_token_id, budget, started)
+        if return_outputs:
+            return breakdown.total, {"loss": breakdown.total, "output": output, **breakdown.losses}
+        return breakdown.total
+
+    def _check_finite(self, breakdown: LossBreakdown | None, problem: str | None) -> None:
+        """Raise TrainingDiverged on every rank together when any rank's loss is NaN or inf (or
+        its loss could not be computed: `problem`)."""
+        device = self.args.device
+        own_bad = problem is not None or not bool(torch.isfinite(breakdown.total.detach()))
+        bad = torch.tensor([float(own_bad)], device=device)
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if not bool(bad.item()):
+            return
+        if problem is not None:
+            what = problem
+        elif own_bad:
+            what = f"the loss is {float(breakdown.total)}"
+            broken = [k for k, v in breakdown.losses.items() if not math.isfinite(float(v))]
+            if broken:
+                what += f" (non-finite: {', '.join(broken)})"
+        else:
+            what = "another rank's loss is not finite"
+        self._diverged(self.state.global_step + 1, what)
+
+    def _diverged(self, step: int, what: str) -> None:
+        last = latest_checkpoint(self.args.output_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {what}; the run stopped before the optimizer step, {kept}",
+            hint="lower optim.lrs (or raise train.warmup_steps), check that step's data with "
+            "`bbu inspect`, then resume with `--resume CHECKPOINT`",
+        )
+
+    # ---- the optimizer ------------------------------------------------------------------------
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The optimizer `train.optim` names over `build_param_groups` (per-group learning rates)."""
+        if self.optimizer is None:
+            groups = build_param_groups(self.model, self.lrs, self.args.weight_decay)
+            if not groups:
+                raise ConfigError(
+                    "no parameter is left to train", hint="give some group in optim.lrs a rate > 0"
+                )
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            if {"params", "model", "optimizer_dict"} & set(kwargs):
+                raise ConfigError(
+                    f"train.optim {self.args.optim!r} builds its own parameter groups, but bbu "
+                    "trains five groups with their own learning rates",
+                    hint="use train.optim adamw_torch (the default) or another plain torch optimizer",
+                )
+            self.optimizer = cls(groups, **kwargs)
+        return self.optimizer
+
+    def group_learning_rates(self) -> dict[str, float]:
+        """`lr_<group>`: the current learning rate of every trained group."""
+        if self.optimizer is None:
+            return {}
+        out: dict[str, float] = {}
+        for i, group in enumerate(self.optimizer.param_groups):
+            out.setdefault(f"lr_{group.get('group', i)}", float(group["lr"]))
+        return out
+
+    # ---- data ----------------------------------------------------------------------------------
+
+    def _loader(self, dataset: EpisodeDataset, shuffle: bool) -> EpochDataLoader:
+        batches = EpochBatches(
+            dataset,
+            packed=self.batching.packed,
+            max_tokens_per_batch=self.batching.max_tokens_per_batch,
+            batch_size=self.batching.batch_size,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            shuffle=shuffle,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+        )
+        workers = self.args.dataloader_num_workers
+        extra = {"prefetch_factor": self.args.dataloader_prefetch_factor} if workers else {}
+        return EpochDataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            **extra,
+        )
+
+    def get_train_dataloader(self) -> EpochDataLoader:
+        """Per-epoch batches of the train split; not wrapped by accelerate (bbu shards itself and
+        the Trainer moves each batch to the device)."""
+        if self.train_dataset is None:
+            raise ValueError("BBUTrainer needs a train_dataset")
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> EpochDataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("BBUTrainer: evaluation needs an eval_dataset (data.val)")
+        return self._loader(dataset, shuffle=False)
+
+    # ---- saving --------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The bbu checkpoint layout in `output_dir` (main process), and in the Trainer's own
+        checkpoints of a run without DeepSpeed also `model.safetensors` for resuming."""
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        with self._full_parameters():
+            if self.args.should_save:
+                if self.save_fn is not None:
+                    extra = {"step": self.state.global_step, "epoch": self.state.epoch}
+                    self.save_fn(folder, self.model, extra)
+                if _internal_call and not self.is_deepspeed_enabled:
+                    from safetensors.torch import save_file
+
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_file(_resume_state(self.model), str(folder / RESUME_WEIGHTS),
+                              metadata={"format": "pt"})  # fmt: skip
+        # Other ranks write into the same folder next (DeepSpeed's engine state): not before the
+        # main process has put the folder in place.
+        if self.args.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    @contextmanager
+    def _full_parameters(self):
+        """Under ZeRO-3 the parameters are partitioned: gather them for the save."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+                yield
+        else:
+            yield
+
+    # ---- logging -------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds bbu's per-step values to training logs and loss components to eval logs."""
+        if "loss" in logs:
+            logs.update(self._train_meter.flush(world_size=self.args.world_size))
+            logs.update(self._step_lrs or self.group_learning_rates())
+        elif "eval_loss" in logs:
+            logs.update(self._eval_meter.flush(prefix="eval_", throughput=False))
+            self._train_meter.since = time.perf_counter()  # tokens/s counts training time only
+        super().log(logs, start_time)
+
+
+def _resume_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full state dict on the CPU, tied tensors (embeddings and lm_head) stored once each
+    (safetensors refuses shared storage), so `load_state_dict` finds every key."""
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu").contiguous()
+        ptr = value.untyped_storage().data_ptr()
+        state[key] = value.clone() if ptr in seen else value
+        seen.add(ptr)
+    return state
+
+
+class MetricsFile(TrainerCallback):
+    """Appends every log (training, eval, the final summary) as one JSON line to `path`, on the
+    main process; a resumed run appends to the same file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, default=float) + "\n")
+
+
+class ProgressReporter(TrainerCallback):
+    """Calls `progress(TrainProgress)` on the main process: begin, every step, logs, evals, saves, end."""
+
+    def __init__(self, progress: Callable[[TrainProgress], None]) -> None:
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.last_logs: dict[str, float] = {}
+
+    def _emit(self, kind: str, state, logs=None, path=None) -> None:  # noqa: ANN001
+        if not state.is_world_process_zero:
+            return
+        self.progress(TrainProgress(
+            kind=kind, step=state.global_step, max_steps=state.max_steps, epoch=state.epoch or 0.0,
+            elapsed_s=time.perf_counter() - self.started, logs=dict(logs or self.last_logs), path=path,
+        ))  # fmt: skip
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.started = time.perf_counter()
+        self._emit("begin", state)
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self._emit("step", state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        logs = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
+        if any(k.startswith("eval_") for k in logs):
+            self._emit("eval", state, logs)
+        else:
+            self.last_logs.update(logs)
+            self._emit("log", state, logs)
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+        self._emit("save", state, path=path)
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self._emit("end", state)
