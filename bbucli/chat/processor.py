@@ -13,14 +13,19 @@ the text around the markers is tokenised once per number of turns and each answe
 the template's `<|im_end|>` right after an answer joins its span (the model must learn to stop).
 
 Images are measured from their headers (size + EXIF orientation, no pixel decode) so that the token
-budget, `measure` and `bbu inspect` cost no decoding. An image not at the smart_resize fixed point
-of this processor's pixel limits (a raw-size JSONL) is resized here and its boxes rescaled, so the
-model's image processor never resizes again; the grid it reports is checked against ours.
+budget, `measure` and `bbu inspect` cost no decoding; header info is cached per path (checked
+against the file's mtime and size) and answer lengths are counted without tokenising every answer
+(`_AnswerLengths`), so `measure` runs at thousands of episodes per second. An image not at the
+smart_resize fixed point of this processor's pixel limits (a raw-size JSONL) is resized here and
+its boxes rescaled, so the model's image processor never resizes again; the grid it reports is
+checked against ours.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +125,89 @@ class _Rendered:
         return len(self.ids) + sum(im.vision_tokens - 1 for im in self.images)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the token budget keeps of an episode (kept teachers then the student), counted only."""
+
+    images: tuple[ImageInfo, ...]
+    objects: tuple[tuple[DetObject, ...], ...]
+    tokens: int
+    answer_tokens: int
+    dropped: int
+    fits: bool
+
+
+class _AnswerLengths:
+    """Token counts of `render_answer(objects)` without tokenising every answer (`measure`'s hot path).
+
+    `render_answer` writes "[" + o_1 + ", " + o_2 + ... + "]". Under Qwen2's pre-tokenizer the gap
+    between "," and " " is always a pre-token boundary (a punctuation run stops at whitespace) and
+    BPE never merges across pre-tokens, so an answer's length is the sum of its pieces "[o_1,",
+    " o_2,", ..., " o_n]"; every digit is a pre-token and one token of its own, so a piece counts
+    as the same piece with a box of single digits plus the extra digits. Piece lengths are cached
+    per (prefix, desc, suffix). Each desc is checked once against the tokenizer on whole answers;
+    where the sum disagrees (another tokenizer, an odd desc) whole answers are tokenised instead,
+    cached by text.
+    """
+
+    _EXACT_CACHE = 65536
+
+    def __init__(self, tokenizer: Any, image_token: str = "<|image_pad|>") -> None:
+        self.tokenizer = tokenizer
+        self.image_token = image_token
+        self._pieces: dict[tuple[str, str, str], int] = {}
+        self._additive: dict[str, bool] = {}
+        self._exact: dict[str, int] = {}
+
+    def __call__(self, objects: Sequence[DetObject]) -> int:
+        total = self._sum(objects) if objects else None
+        if total is not None:
+            return total
+        text = render_answer(objects)
+        n = self._exact.get(text)
+        if n is None:
+            if len(self._exact) >= self._EXACT_CACHE:
+                self._exact.clear()
+            n = self._exact[text] = self._count(text)
+        return n
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _piece(self, key: tuple[str, str, str]) -> int:
+        prefix, desc, suffix = key
+        item = render_answer([DetObject((0, 0, 0, 0), desc)])[1:-1]
+        n = self._pieces[key] = self._count(prefix + item + suffix)
+        return n
+
+    def _sum(self, objects: Sequence[DetObject], checked: bool = True) -> int | None:
+        """The summed length, or None where it does not apply (a desc that failed its check, a
+        negative coordinate); checked=False skips the desc check (the check itself uses it)."""
+        last = len(objects) - 1
+        total = 0
+        for i, o in enumerate(objects):
+            if checked and not self._is_additive(o.desc):
+                return None
+            b = o.bbox_2d
+            digits = f"{int(b[0])}{int(b[1])}{int(b[2])}{int(b[3])}"
+            if "-" in digits:
+                return None
+            key = ("[" if i == 0 else " ", o.desc, "]" if i == last else ",")
+            total += (self._pieces.get(key) or self._piece(key)) + len(digits) - 4
+        return total
+
+    def _is_additive(self, desc: str) -> bool:
+        ok = self._additive.get(desc)
+        if ok is None:
+            if self.image_token in desc:
+                raise DataError(f"an answer contains '{self.image_token}'")
+            boxes = ((7, 38, 905, 1234), (0, 0, 1, 1), (10, 200, 3000, 45), (99, 1, 2, 3))
+            probes = [(DetObject(boxes[0], desc),), tuple(DetObject(b, desc) for b in boxes[1:])]
+            ok = all(self._count(render_answer(p)) == self._sum(p, checked=False) for p in probes)
+            self._additive[desc] = ok
+        return ok
+
+
 class ChatProcessor:
     """Turns `Episode`s into `ChatProcessorOutput`s with an image-only Qwen2.5-VL processor.
 
@@ -149,11 +237,14 @@ class ChatProcessor:
         self.max_pixels = int(max_pixels or processor.max_pixels)
         self.stats: Counter[str] = Counter()
         self._skeletons: dict[int, list[list[int]]] = {}
+        self._skeleton_lengths: dict[int, int] = {}
+        self._image_infos: dict[str, tuple[tuple[int, int], ImageInfo]] = {}
         self.tokenizer = processor.tokenizer
         self.image_token_id = int(processor.image_token_id)
         self.merge_size = int(processor.merge_size)
         self.vision_start_id = int(self.tokenizer.convert_tokens_to_ids("<|vision_start|>"))
         self.im_end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        self._answer_lengths = _AnswerLengths(self.tokenizer)
         if self.merge_size * 14 != 28:
             raise ModelError(
                 f"expected a 2x2 patch merger (28-pixel tokens), got merge_size {self.merge_size}"
@@ -161,8 +252,30 @@ class ChatProcessor:
 
     # ---- images ------------------------------------------------------------------------------
 
-    def image_info(self, path: Path) -> ImageInfo:
-        """Read an image header (no pixel decode); DataError naming the file when unreadable."""
+    def image_info(self, path: str | Path) -> ImageInfo:
+        """Read an image header (no pixel decode); DataError naming the file when unreadable.
+
+        Cached per path; a file whose mtime or size changed is read again."""
+        path = os.fspath(path)
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError as exc:
+            raise DataError(
+                f"image not found: {path}", hint="check the JSONL's image paths"
+            ) from exc
+        except OSError as exc:
+            raise DataError(
+                f"cannot read image {path}: {exc}", hint="re-export or remove it"
+            ) from exc
+        signature = (stat.st_mtime_ns, stat.st_size)
+        cached = self._image_infos.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        info = self._read_header(Path(path))
+        self._image_infos[path] = (signature, info)
+        return info
+
+    def _read_header(self, path: Path) -> ImageInfo:
         try:
             with Image.open(path) as im:
                 wh = im.size
@@ -181,7 +294,7 @@ class ChatProcessor:
             model_wh = wh
         else:
             model_wh = resized_wh(wh, self.min_pixels, self.max_pixels)
-        return ImageInfo(Path(path), wh, model_wh, (model_wh[0] // 28) * (model_wh[1] // 28))
+        return ImageInfo(path, wh, model_wh, (model_wh[0] // 28) * (model_wh[1] // 28))
 
     def _load_pixels(self, info: ImageInfo) -> Image.Image:
         with Image.open(info.path) as im:
@@ -252,7 +365,13 @@ class ChatProcessor:
         if sum(c.count(self.image_token_id) for c in ids) != turns:
             raise ModelError("the prompts must not contain '<|image_pad|>'")
         self._skeletons[turns] = ids
+        self._skeleton_lengths[turns] = sum(len(c) for c in ids)
         return ids
+
+    def _skeleton_length(self, turns: int) -> int:
+        if turns not in self._skeleton_lengths:
+            self._skeleton(turns)
+        return self._skeleton_lengths[turns]
 
     def _render(self, images: list[ImageInfo], answers: list[str]) -> _Rendered:
         """Tokenise the conversation; segment 1 on teacher answers, 2 on the student's (last) one,
@@ -272,34 +391,45 @@ class ChatProcessor:
 
     # ---- budget ------------------------------------------------------------------------------
 
-    def _plan(
-        self, episode: Episode, image_root: Path
-    ) -> tuple[_Rendered, int, bool, list[tuple[DetObject, ...]]]:
-        """Render with as many teachers as fit (the last dropped first); (rendered, dropped, fits, objects)."""
-        samples = list(episode.samples)
-        infos = [self.image_info(Path(image_root) / s.image) for s in samples]
+    def _plan(self, episode: Episode, image_root: Path) -> _Plan:
+        """Count the conversation with as many teachers as fit (the last dropped first).
+
+        Counts only: skeleton lengths, answer lengths and header vision tokens; `process_sample`
+        renders the plan and checks that its length is the one counted here."""
+        samples = episode.samples
+        infos = [self.image_info(os.path.join(image_root, s.image)) for s in samples]
         objects = [self._model_objects(s, info) for s, info in zip(samples, infos, strict=True)]
-        answers = [render_answer(objs) for objs in objects]
+        answers = [self._answer_lengths(objs) for objs in objects]
         teachers = len(episode.teachers)
         while True:
-            keep = list(range(teachers)) + [len(samples) - 1]
-            rendered = self._render([infos[i] for i in keep], [answers[i] for i in keep])
-            fits = self.max_tokens is None or rendered.expanded_length <= self.max_tokens
+            keep = [*range(teachers), len(samples) - 1]
+            # The skeleton holds one pad per image and the <|im_end|> closing each answer.
+            tokens = self._skeleton_length(len(keep)) + sum(
+                answers[i] + infos[i].vision_tokens - 1 for i in keep
+            )
+            answer_tokens = sum(answers[i] + 1 for i in keep)
+            fits = self.max_tokens is None or tokens <= self.max_tokens
             if fits or teachers == 0:
-                return rendered, len(episode.teachers) - teachers, fits, [objects[i] for i in keep]
+                return _Plan(
+                    images=tuple(infos[i] for i in keep),
+                    objects=tuple(objects[i] for i in keep),
+                    tokens=tokens,
+                    answer_tokens=answer_tokens,
+                    dropped=len(episode.teachers) - teachers,
+                    fits=fits,
+                )
             teachers -= 1
 
     def measure(self, episode: Episode, image_root: str | Path) -> SampleBudget:
         """Token counts of `episode` as `process_sample` would produce it, without decoding pixels."""
-        rendered, dropped, fits, _ = self._plan(episode, Path(image_root))
-        vision = sum(im.vision_tokens for im in rendered.images)
+        plan = self._plan(episode, Path(image_root))
         return SampleBudget(
-            tokens=rendered.expanded_length,
-            vision_tokens=vision,
-            answer_tokens=sum(1 for s in rendered.segment if s > 0),
-            teachers_kept=len(rendered.images) - 1,
-            teachers_dropped=dropped,
-            fits=fits,
+            tokens=plan.tokens,
+            vision_tokens=sum(im.vision_tokens for im in plan.images),
+            answer_tokens=plan.answer_tokens,
+            teachers_kept=len(plan.images) - 1,
+            teachers_dropped=plan.dropped,
+            fits=plan.fits,
         )
 
     # ---- the sample ------------------------------------------------------------------------------
@@ -309,11 +439,18 @@ class ChatProcessor:
     ) -> ChatProcessorOutput | None:
         """The episode as tensors; None (counted in `stats["skipped_too_long"]`) when the student
         turn alone exceeds `max_tokens`. Image paths are relative to `image_root` (the JSONL folder)."""
-        rendered, dropped, fits, objects = self._plan(episode, Path(image_root))
-        if not fits:
+        plan = self._plan(episode, Path(image_root))
+        if not plan.fits:
             self.stats["skipped_too_long"] += 1
             return None
-        images = rendered.images
+        images, objects, dropped = plan.images, plan.objects, plan.dropped
+        rendered = self._render(list(images), [render_answer(objs) for objs in objects])
+        if rendered.expanded_length != plan.tokens:
+            raise ModelError(
+                f"counted {plan.tokens} tokens for the episode but rendered "
+                f"{rendered.expanded_length}; the tokenizer breaks the answer-length shortcut",
+                hint="report this with the tokenizer used (BBU_DEBUG=1 for a traceback)",
+            )
         pil_images = [self._load_pixels(info) for info in images]
         vision = self.processor.process_images(pil_images)
         grid = torch.as_tensor(vision["image_grid_thw"], dtype=torch.long).reshape(-1, 3)

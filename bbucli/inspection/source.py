@@ -1,0 +1,146 @@
+"""The JSONL under inspection: options, the ChatProcessor that counts, records by index, problems.
+
+Every view reads the file through here, so that a line that is not an episode, a missing or
+unreadable image and an episode over the token budget become the same `Problem`
+(`file:line: message`) wherever they are met. Image paths are relative to the JSONL's folder.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bbucli.chat.loading import VLProcessor, load_processor
+from bbucli.chat.processor import ChatProcessor, SampleBudget
+from bbucli.chat.prompts import build_prompts
+from bbucli.errors import DataError, UsageError
+from bbucli.inspection.jsonable import to_jsonable
+from bbucli.schema import Episode, RecordError, iter_episodes
+from bbucli.taxonomy import Taxonomy
+
+#: progress(stage, done, total), called now and then while a file is read.
+Progress = Callable[[str, int, int], None]
+ProblemKind = Literal["invalid_record", "missing_image", "unreadable_image", "over_budget"]
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """How to count. model: "tiny" or a local Qwen2.5-VL folder (its tokenizer, chat template and
+    pixel limits); lang: language of the system prompt and instruction; max_tokens: per-sample
+    budget as in training (`data.max_tokens`, None: no budget); batch_tokens: capacity of a packed
+    bin (`data.max_tokens_per_batch`); batch_size: B of the padded batches compared with it;
+    taxonomy: the YAML whose classes the system prompt lists (None: the built-in one)."""
+
+    model: str = "tiny"
+    lang: Literal["zh", "en"] = "zh"
+    max_tokens: int | None = 4096
+    batch_tokens: int = 8192
+    batch_size: int = 4
+    taxonomy: Path | None = None
+
+    def check(self) -> None:
+        """UsageError listing every invalid option."""
+        problems = [
+            message
+            for ok, message in (
+                (self.lang in ("zh", "en"), f"--lang must be zh or en, got {self.lang!r}"),
+                (self.max_tokens is None or self.max_tokens >= 1, "--max-tokens must be >= 1"),
+                (self.batch_tokens >= 1, "--batch-tokens must be >= 1"),
+                (self.batch_size >= 1, "--batch-size must be >= 1"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise UsageError("; ".join(problems), hint="see bbu inspect --help")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One record that could not be inspected as it is. line: 1-based line in `path`."""
+
+    path: Path
+    line: int
+    kind: ProblemKind
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+@functools.lru_cache(maxsize=4)
+def vl_processor(model: str) -> VLProcessor:
+    """`load_processor(model)`, once per process (the CLI and its tests load it once)."""
+    return load_processor(model)
+
+
+def chat_processor(options: InspectOptions, *, budget: bool = True) -> ChatProcessor:
+    """The ChatProcessor training would use for these options; budget=False: no `max_tokens`."""
+    options.check()
+    taxonomy = Taxonomy.load(options.taxonomy)
+    prompts = build_prompts(taxonomy.descs(options.lang), options.lang)
+    return ChatProcessor(
+        vl_processor(str(options.model)),
+        system_prompt=prompts.system,
+        instruction=prompts.instruction,
+        max_tokens=options.max_tokens if budget else None,
+    )
+
+
+def image_problem(path: Path, line: int, exc: DataError) -> Problem:
+    """A DataError raised while reading an episode's images, as a Problem of that line."""
+    missing = isinstance(exc.__cause__, FileNotFoundError)
+    return Problem(path, line, "missing_image" if missing else "unreadable_image", exc.message)
+
+
+def budget_problem(path: Path, line: int, budget: SampleBudget, max_tokens: int) -> Problem | None:
+    """An over_budget Problem when the budget dropped teachers or skips the episode, else None."""
+    if not budget.fits:
+        message = (
+            f"over max_tokens {max_tokens} even without teachers (the student alone is "
+            f"{budget.tokens} tokens): skipped in training"
+        )
+    elif budget.teachers_dropped:
+        teachers = budget.teachers_kept + budget.teachers_dropped
+        message = (
+            f"over max_tokens {max_tokens}: {budget.teachers_dropped} of {teachers} teacher(s) "
+            f"dropped, {budget.tokens} tokens left"
+        )
+    else:
+        return None
+    return Problem(path, line, "over_budget", message)
+
+
+def count_records(path: Path) -> int:
+    """Non-blank lines of `path` (the total for progress), read as bytes."""
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError as exc:
+        raise DataError(f"cannot open {path}: {exc.strerror}", hint="check the path") from exc
+
+
+def read_record(path: Path, index: int) -> tuple[int, Episode]:
+    """The `index`-th record (0-based, blank lines skipped) as (line, episode).
+
+    DataError naming the line when that record is not an episode, or when there is no such index.
+    """
+    if index < 0:
+        raise UsageError(f"--index must be >= 0, got {index}")
+    seen = 0
+    for position, (line, item) in enumerate(iter_episodes(path)):
+        seen = position + 1
+        if position < index:
+            continue
+        if isinstance(item, RecordError):
+            raise DataError(str(item), hint="fix the line, or inspect another --index")
+        return line, item
+    raise DataError(
+        f"{path} has {seen} record(s); there is no index {index}",
+        hint=f"--index counts records from 0 (0..{max(seen - 1, 0)})",
+    )

@@ -1,0 +1,229 @@
+"""Benchmark: padding of standard batches vs packed bins, and tiny-model step time padded vs packed.
+
+    python benchmarks/packing.py [--budget 8192] [--batch-size 4] [--max-tokens 8192]
+                                 [--timing-samples 8] [--repeat 3] [--threads 1]
+
+The length mix is that of the bundled examples: examples/raw converted twice, with one and with two
+teachers per student (train + val episodes of each), counted by `ChatProcessor.measure` exactly
+as training tokenises them.
+
+Padding: pad-token share of standard batches of --batch-size (file order, and sorted by length)
+against the budget share packed bins of --budget leave unused (`bbucli.inspection.batching`, the
+training sampler's first-fit decreasing), on the real episodes and on 1,000 episodes drawn from
+their lengths (a dataset of realistic size; bin packing fills better with more samples).
+
+Step time: forward + backward of the random-weight tiny Qwen2.5-VL (fp32, CPU, --threads torch
+threads) over the first --timing-samples episodes, per real token; median of --repeat rounds after
+a warm-up round, the configurations interleaved in each round (load from other processes on a
+shared machine then falls on all of them alike). Each configuration runs twice: the body alone
+(vision tower + decoder, a trivial loss over every slot) and the full step with the LM loss:
+  padded file order / length-sorted   `StandardDataCollator` batches of --batch-size, sdpa;
+  packed, sdpa mask                    `PackedDataCollator` rows, transformers' own packed-sequence
+                                       mask (what runs on CPU today: attention over the whole row,
+                                       masked, O(L^2) per row);
+  packed, per-sample attention         the same rows with causal attention run sample by sample
+                                       (a stand-in for flash-attention-2 varlen, what runs on GPU;
+                                       checked here to give the same logits as the sdpa mask).
+The loss is the LM loss at supervised positions only, `lm_head` applied in checkpointed chunks
+(as the training loss does, so (L, 151k) logits never exist); it costs the same padded or packed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers import AttentionInterface
+
+from bbucli.chat.processor import ChatProcessorOutput
+from bbucli.convert.pipeline import ConvertOptions, convert_dataset
+from bbucli.data.collators import PackedDataCollator, StandardDataCollator
+from bbucli.inspection.batching import batching_stats, packed_bins
+from bbucli.inspection.source import InspectOptions, chat_processor
+from bbucli.model.loading import load_model
+from bbucli.schema import read_episodes
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "raw"
+PAD_ID = 151643
+VARLEN = "bbu_per_sample_sdpa"
+CHUNK = 1024
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def per_sample_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Causal attention within each packed sample: the row is cut where the text positions
+    (`position_ids`, row 0 of the packed ids) restart at 0. query (1, H, L, D) -> (1, L, H, D)."""
+    starts = torch.nonzero(kwargs["position_ids"][0] == 0).flatten().tolist() + [query.shape[2]]
+    parts = [
+        F.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+            is_causal=True, scale=scaling, enable_gqa=True,
+        )
+        for a, b in zip(starts[:-1], starts[1:], strict=True)
+    ]  # fmt: skip
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def lm_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy at supervised positions; lm_head in checkpointed chunks."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    states, targets = hidden[:, :-1][keep], targets[keep]
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model.lm_head(h), t, reduction="sum")
+
+    total = sum(
+        checkpoint(chunk_loss, states[i : i + CHUNK], targets[i : i + CHUNK], use_reentrant=False)
+        for i in range(0, len(targets), CHUNK)
+    )
+    return total / len(targets)
+
+
+def forward_hidden(model: Any, batch: dict, packed: bool) -> torch.Tensor:
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "pixel_values", "image_grid_thw")}
+    if not packed:
+        inputs["attention_mask"] = batch["attention_mask"]
+    return model.model(**inputs, use_cache=False).last_hidden_state
+
+
+def step(model: Any, batch: dict, packed: bool, with_head: bool) -> None:
+    """One forward + backward. with_head: the LM loss; else the body alone (vision tower and
+    decoder layers, loss = mean square of the last hidden states over every slot)."""
+    model.zero_grad(set_to_none=True)
+    hidden = forward_hidden(model, batch, packed)
+    loss = lm_loss(model, hidden, batch["labels"]) if with_head else hidden.square().mean()
+    loss.backward()
+
+
+def set_text_attention(model: Any, name: str) -> None:
+    model.config.text_config._attn_implementation = name
+
+
+def length_mix(folder: Path, max_tokens: int) -> tuple[list[int], list[tuple[Path, Any]]]:
+    episodes = []
+    for k in (1, 2):
+        out = folder / f"k{k}" / "data.jsonl"
+        convert_dataset(EXAMPLES, out, ConvertOptions(teachers=k, val_ratio=0.25))
+        for name in ("data.jsonl", "data.val.jsonl"):
+            episodes += [(out.parent, e) for e in read_episodes(out.parent / name)]
+    chat = chat_processor(InspectOptions(max_tokens=max_tokens))
+    lengths = [chat.measure(e, root).tokens for root, e in episodes]
+    return lengths, episodes
+
+
+def print_padding(title: str, lengths: list[int], batch_size: int, budgets: list[int]) -> None:
+    print(f"{title}: {len(lengths)} episodes, tokens min {min(lengths)} / median "
+          f"{statistics.median(lengths):g} / max {max(lengths)}")  # fmt: skip
+    for budget in budgets:
+        s = batching_stats(lengths, batch_size, budget)
+        print(f"  B={batch_size}: pad {100 * s.standard_pad_file_order:5.1f}% file order, "
+              f"{100 * s.standard_pad_sorted:5.1f}% length-sorted | packed {budget}: "
+              f"{100 * s.packed_unused:4.1f}% of the budget unused, {s.packed_bins} bins "
+              f"({s.samples_per_bin:.1f} samples/bin), no pad tokens")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", type=int, default=8192)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=8192)
+    parser.add_argument("--timing-samples", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lengths, episodes = length_mix(Path(tmp), args.max_tokens)
+        budgets = [args.budget, 2 * args.budget, 4 * args.budget]
+        print_padding("examples, K=1 and K=2", lengths, args.batch_size, budgets)
+        drawn = random.Random(0).choices(lengths, k=1000)
+        print_padding("1,000 drawn from that mix", drawn, args.batch_size, budgets)
+
+        chat = chat_processor(InspectOptions(max_tokens=args.max_tokens))
+        chosen = episodes[: args.timing_samples]
+        samples: list[ChatProcessorOutput] = [chat.process_sample(e, root) for root, e in chosen]
+        real = sum(s.length for s in samples)
+        b = args.batch_size
+        file_order = [samples[i : i + b] for i in range(0, len(samples), b)]
+        ordered = sorted(samples, key=lambda s: s.length)
+        by_length = [ordered[i : i + b] for i in range(0, len(ordered), b)]
+        bins = [
+            [samples[i] for i in bin_]
+            for bin_ in packed_bins([s.length for s in samples], args.budget)
+        ]
+        standard, packed = StandardDataCollator(PAD_ID), PackedDataCollator()
+        padded_file = [standard(batch) for batch in file_order]
+        padded_sorted = [standard(batch) for batch in by_length]
+        rows = [packed(bin_) for bin_ in bins]
+
+        model = load_model("tiny", attn_implementation="sdpa")
+        AttentionInterface.register(VARLEN, per_sample_sdpa)
+        with torch.no_grad():
+            reference = forward_hidden(model, rows[0], packed=True)
+            set_text_attention(model, VARLEN)
+            diff = (forward_hidden(model, rows[0], packed=True) - reference).abs().max().item()
+            set_text_attention(model, "sdpa")
+        print(f"\nstep time on {len(samples)} episodes ({real:,} real tokens), median of "
+              f"{args.repeat}; per-sample attention == sdpa mask within {diff:.1e}")  # fmt: skip
+
+        configs = (
+            ("padded, file order", padded_file, False, "sdpa"),
+            ("padded, length-sorted", padded_sorted, False, "sdpa"),
+            ("packed, sdpa mask", rows, True, "sdpa"),
+            ("packed, per-sample attention", rows, True, VARLEN),
+        )
+        for with_head, title in (
+            (False, "body only (vision + decoder)"),
+            (True, "full step (+ LM loss)"),
+        ):
+            print(f" {title}:")
+            times: dict[str, list[float]] = {name: [] for name, *_ in configs}
+            # Round-robin over the configurations, so that load from other processes on a shared
+            # machine falls on all of them alike; the first round is a warm-up.
+            for round_ in range(args.repeat + 1):
+                for name, batches, is_packed, attention in configs:
+                    set_text_attention(model, attention)
+                    start = time.perf_counter()
+                    for batch in batches:
+                        step(model, batch, is_packed, with_head)
+                    if round_:
+                        times[name].append(time.perf_counter() - start)
+            results = {name: statistics.median(t) for name, t in times.items()}
+            for name, batches, _, _ in configs:
+                slots = sum(batch["input_ids"].numel() for batch in batches)
+                print(f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
+                      f"({100 * (1 - real / slots):4.1f}% pad): {results[name]:6.2f} s, "
+                      f"{1e6 * results[name] / real:6.1f} us/real token")  # fmt: skip
+            for name in ("packed, sdpa mask", "packed, per-sample attention"):
+                print(f"  -> {name}: {results['padded, file order'] / results[name]:.2f}x padded "
+                      f"file order, {results['padded, length-sorted'] / results[name]:.2f}x padded "
+                      "length-sorted (per real token)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

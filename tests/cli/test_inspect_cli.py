@@ -1,0 +1,159 @@
+"""`bbu inspect` through Typer's runner on a really converted JSONL: every view, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bbucli.cli.app import app
+from bbucli.convert.pipeline import ConvertOptions, convert_dataset
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "raw"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("inspect") / "data.jsonl"
+    convert_dataset(EXAMPLES, out, ConvertOptions(val_ratio=0.25))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad(data) -> Path:
+    """Line 1 good, 2 not JSON, 3 a missing image, 4 a student far over 4096 tokens, 5 good."""
+    good = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    missing = json.loads(json.dumps(good[1]))
+    missing["student"]["images"] = ["images/gone.jpeg"]
+    huge = json.loads(json.dumps(good[2]))
+    huge["student"]["objects"] *= 12
+    lines = [good[0], "{oops", missing, huge, good[3]]
+    path = data.parent / "bad.jsonl"
+    path.write_text(
+        "".join(
+            (x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n" for x in lines
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def invoke(*args):
+    return runner.invoke(app, ["inspect", *map(str, args)])
+
+
+def test_summary(data):
+    result = invoke(data)
+    assert result.exit_code == 0, result.output
+    for text in ("9: 9 inspected", "tokens/episode", "token split", "vision", "answer",
+                 "over max_tokens 4096", "standard B=4, file order", "length-sorted",
+                 "packed, 8192 tokens/bin", "objects per class", "BBU品牌/华为", "episodes/s"):  # fmt: skip
+        assert text in result.output, text
+    assert "problem" not in result.output
+
+
+def test_summary_json_parses_and_follows_the_options(data):
+    result = invoke(
+        data, "--json", "--max-tokens", "2000", "--batch-size", "2", "--batch-tokens", "6000"
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["episodes"] == 9 and summary["max_tokens"] == 2000
+    assert summary["batching"]["batch_size"] == 2 and summary["batching"]["batch_tokens"] == 6000
+    assert summary["over_budget"] == len(summary["problems"]) > 0
+    assert all(p["kind"] == "over_budget" for p in summary["problems"])
+    assert summary["tokens"]["max"] <= 2000
+
+
+def test_index_detail(data):
+    result = invoke(data, "--index", "1")
+    assert result.exit_code == 0, result.output
+    for text in (
+        "episode 1 (line 2",
+        "system",
+        "teacher 1",
+        "student",
+        "1x52x38",
+        "of max_tokens 4096",
+    ):
+        assert text in result.output, text
+
+
+def test_tensors_show_cu_seqlens(data):
+    result = invoke(data, "--index", "0", "--tensors", "--batch-size", "2", "--json")
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.stdout)["tensors"]["stages"]
+    packed = {t["name"]: t for t in stages[2]["tensors"]}
+    lengths = [stages[0]["tensors"][0]["shape"][0]]
+    cu = packed["cu_seqlens"]
+    assert cu["shape"] == [3] and cu["dtype"] == "torch.int32" and cu["value"][1] == lengths[0]
+    assert packed["input_ids"]["shape"] == [1, cu["value"][-1]]
+    standard = {t["name"]: t for t in stages[1]["tensors"]}
+    assert standard["input_ids"]["shape"][0] == 2
+    text = invoke(data, "--tensors", "--batch-size", "2").output
+    assert "cu_seqlens" in text and "PackedDataCollator" in text and "StandardDataCollator" in text
+
+
+def test_tokens_are_coloured_by_segment(data):
+    result = invoke(data, "--tokens", "--index", "2")
+    assert result.exit_code == 0, result.output
+    assert "teacher answer" in result.output and "student answer" in result.output
+    assert "<|image_pad|>x494" in result.output and '"bbox_2d"' in result.output
+    stream = json.loads(invoke(data, "--tokens", "--index", "2", "--json").stdout)["tokens"]
+    assert {p["segment"] for p in stream["pieces"]} == {0, 1, 2}
+
+
+def test_text_ids(data):
+    result = invoke(data, "--text", "Hello world", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["text"]["ids"] == [9707, 1879]
+    assert "ids: [9707, 1879]" in invoke(data, "--text", "Hello world").output
+
+
+def test_render_png(data, tmp_path):
+    out = tmp_path / "ep.png"
+    result = invoke(data, "--index", "3", "--render", out)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output.replace("\n", "")
+    rendered = json.loads(invoke(data, "--index", "3", "--render", out, "--json").stdout)["render"]
+    with Image.open(out) as png:
+        assert list(png.size) == rendered["size"]
+
+
+def test_bad_input_listed_by_line_exit_0(bad):
+    result = invoke(bad)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "problems (first 3 of 3" in out
+    assert "bad.jsonl:2" in out and "invalid_record" in out
+    assert "bad.jsonl:3" in out and "missing_image" in out
+    assert "bad.jsonl:4" in out and "over_budget" in out
+    assert "5: 3 inspected" in out and "the rest of the file was inspected" in out
+
+
+def test_nothing_inspectable_is_exit_1(tmp_path):
+    path = tmp_path / "junk.jsonl"
+    path.write_text('{"teachers": []}\nnot json\n', encoding="utf-8")
+    result = invoke(path)
+    assert result.exit_code == 1
+    assert "junk.jsonl:1" in result.output and "error: nothing in" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_index_is_one_error_line(bad):
+    result = invoke(bad, "--index", "1")
+    assert result.exit_code == 1
+    assert "error:" in result.output and "bad.jsonl:2: invalid JSON" in result.output
+    assert invoke(bad, "--index", "99").exit_code == 1
+
+
+def test_help_has_examples_and_exit_codes():
+    result = runner.invoke(app, ["inspect", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "bbu inspect data.jsonl --index 3 --tokens" in result.output
+    assert "Exit code 0 when the file was inspected, even with problems" in result.output
+    assert invoke(Path("nope.jsonl")).exit_code == 2
