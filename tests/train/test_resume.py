@@ -8,6 +8,7 @@ its own teachers (re-drawn from the pool every epoch)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +26,19 @@ LONGER = ("data.max_tokens_per_batch=1024", "data.teacher_resample=true", "train
           "train.save_steps=3", "train.eval_strategy=no")  # fmt: skip
 
 
-def test_a_killed_run_resumes_with_the_uninterrupted_losses(tiny_overrides, tmp_path):
+def test_a_killed_run_resumes_with_the_uninterrupted_losses(tiny_overrides, tmp_path, monkeypatch):
+    # Bitwise equality needs the same CPU reduction order in every run: one intra-op thread here
+    # and in the killed child (other tests may have changed this process's thread count).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        _killed_run_resumes(tiny_overrides, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _killed_run_resumes(tiny_overrides, tmp_path):
     reference = run_training(load_config(TINY, tiny_overrides(tmp_path / "reference", *LONGER)))
     assert [s for s, _ in reference.losses] == [1, 2, 3, 4, 5]
 
@@ -33,7 +46,7 @@ def test_a_killed_run_resumes_with_the_uninterrupted_losses(tiny_overrides, tmp_
     overrides = tiny_overrides(out, *LONGER)
     log = (tmp_path / "killed.log").open("w")
     child = subprocess.Popen([sys.executable, "-m", "bbucli", "train", str(TINY), *overrides],
-                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())  # fmt: skip
     marker = out / "checkpoint-3" / "trainer_state.json"  # the Trainer writes it last
     deadline = time.monotonic() + 300
     while not marker.exists():
