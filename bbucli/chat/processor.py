@@ -15,8 +15,8 @@ the template's `<|im_end|>` right after an answer joins its span (the model must
 Images are measured from their headers (size + EXIF orientation, no pixel decode) so that the token
 budget, `measure` and `bbu inspect` cost no decoding; header info is cached per path (checked
 against the file's mtime and size) and answer lengths are counted without tokenising every answer
-(`_AnswerLengths`), so `measure` runs at thousands of episodes per second. An image not at the
-smart_resize fixed point of this processor's pixel limits (a raw-size JSONL) is resized here and
+(`bbucli.chat.answer_length`), so `measure` runs at thousands of episodes per second. An image not
+at the smart_resize fixed point of this processor's pixel limits (a raw-size JSONL) is resized here and
 its boxes rescaled, so the model's image processor never resizes again; the grid it reports is
 checked against ours.
 """
@@ -25,24 +25,22 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bbucli.chat.answer import render_answer
+from bbucli.chat.answer_length import AnswerLengths
+from bbucli.chat.image_info import ImageInfo, load_model_pixels, model_objects, read_image_info
 from bbucli.data.rope import image_token_runs, mrope_position_ids
 from bbucli.errors import DataError, ModelError
-from bbucli.geometry import is_fixed_point, normalize_xyxy, resized_wh, scale_box_xyxy
-from bbucli.schema import DetObject, Episode, Sample
+from bbucli.geometry import normalize_xyxy
+from bbucli.schema import DetObject, Episode
 
 SEGMENT_PROMPT, SEGMENT_TEACHER, SEGMENT_STUDENT = 0, 1, 2
 IGNORE_INDEX = -100
-_EXIF_ORIENTATION = 274
-_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF rotations by 90/270 degrees: width and height swap
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,21 +75,6 @@ class ChatProcessorOutput:
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """An image as read from its header: `stored_wh` EXIF-upright size on disk, `model_wh` the size
-    the model sees (the smart_resize fixed point), `vision_tokens` = (w / 28) * (h / 28) of model_wh."""
-
-    path: Path
-    stored_wh: tuple[int, int]
-    model_wh: tuple[int, int]
-    vision_tokens: int
-
-    @property
-    def needs_resize(self) -> bool:
-        return self.stored_wh != self.model_wh
 
 
 @dataclass(frozen=True)
@@ -137,77 +120,6 @@ class _Plan:
     fits: bool
 
 
-class _AnswerLengths:
-    """Token counts of `render_answer(objects)` without tokenising every answer (`measure`'s hot path).
-
-    `render_answer` writes "[" + o_1 + ", " + o_2 + ... + "]". Under Qwen2's pre-tokenizer the gap
-    between "," and " " is always a pre-token boundary (a punctuation run stops at whitespace) and
-    BPE never merges across pre-tokens, so an answer's length is the sum of its pieces "[o_1,",
-    " o_2,", ..., " o_n]"; every digit is a pre-token and one token of its own, so a piece counts
-    as the same piece with a box of single digits plus the extra digits. Piece lengths are cached
-    per (prefix, desc, suffix). Each desc is checked once against the tokenizer on whole answers;
-    where the sum disagrees (another tokenizer, an odd desc) whole answers are tokenised instead,
-    cached by text.
-    """
-
-    _EXACT_CACHE = 65536
-
-    def __init__(self, tokenizer: Any, image_token: str = "<|image_pad|>") -> None:
-        self.tokenizer = tokenizer
-        self.image_token = image_token
-        self._pieces: dict[tuple[str, str, str], int] = {}
-        self._additive: dict[str, bool] = {}
-        self._exact: dict[str, int] = {}
-
-    def __call__(self, objects: Sequence[DetObject]) -> int:
-        total = self._sum(objects) if objects else None
-        if total is not None:
-            return total
-        text = render_answer(objects)
-        n = self._exact.get(text)
-        if n is None:
-            if len(self._exact) >= self._EXACT_CACHE:
-                self._exact.clear()
-            n = self._exact[text] = self._count(text)
-        return n
-
-    def _count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _piece(self, key: tuple[str, str, str]) -> int:
-        prefix, desc, suffix = key
-        item = render_answer([DetObject((0, 0, 0, 0), desc)])[1:-1]
-        n = self._pieces[key] = self._count(prefix + item + suffix)
-        return n
-
-    def _sum(self, objects: Sequence[DetObject], checked: bool = True) -> int | None:
-        """The summed length, or None where it does not apply (a desc that failed its check, a
-        negative coordinate); checked=False skips the desc check (the check itself uses it)."""
-        last = len(objects) - 1
-        total = 0
-        for i, o in enumerate(objects):
-            if checked and not self._is_additive(o.desc):
-                return None
-            b = o.bbox_2d
-            digits = f"{int(b[0])}{int(b[1])}{int(b[2])}{int(b[3])}"
-            if "-" in digits:
-                return None
-            key = ("[" if i == 0 else " ", o.desc, "]" if i == last else ",")
-            total += (self._pieces.get(key) or self._piece(key)) + len(digits) - 4
-        return total
-
-    def _is_additive(self, desc: str) -> bool:
-        ok = self._additive.get(desc)
-        if ok is None:
-            if self.image_token in desc:
-                raise DataError(f"an answer contains '{self.image_token}'")
-            boxes = ((7, 38, 905, 1234), (0, 0, 1, 1), (10, 200, 3000, 45), (99, 1, 2, 3))
-            probes = [(DetObject(boxes[0], desc),), tuple(DetObject(b, desc) for b in boxes[1:])]
-            ok = all(self._count(render_answer(p)) == self._sum(p, checked=False) for p in probes)
-            self._additive[desc] = ok
-        return ok
-
-
 class ChatProcessor:
     """Turns `Episode`s into `ChatProcessorOutput`s with an image-only Qwen2.5-VL processor.
 
@@ -244,7 +156,7 @@ class ChatProcessor:
         self.merge_size = int(processor.merge_size)
         self.vision_start_id = int(self.tokenizer.convert_tokens_to_ids("<|vision_start|>"))
         self.im_end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        self._answer_lengths = _AnswerLengths(self.tokenizer)
+        self._answer_lengths = AnswerLengths(self.tokenizer)
         if self.merge_size * 14 != 28:
             raise ModelError(
                 f"expected a 2x2 patch merger (28-pixel tokens), got merge_size {self.merge_size}"
@@ -271,49 +183,9 @@ class ChatProcessor:
         cached = self._image_infos.get(path)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        info = self._read_header(Path(path))
+        info = read_image_info(Path(path), self.min_pixels, self.max_pixels)
         self._image_infos[path] = (signature, info)
         return info
-
-    def _read_header(self, path: Path) -> ImageInfo:
-        try:
-            with Image.open(path) as im:
-                wh = im.size
-                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-        except FileNotFoundError as exc:
-            raise DataError(
-                f"image not found: {path}", hint="check the JSONL's image paths"
-            ) from exc
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(
-                f"cannot read image {path}: {exc}", hint="re-export or remove it"
-            ) from exc
-        if orientation in _TRANSPOSED_ORIENTATIONS:
-            wh = (wh[1], wh[0])
-        if is_fixed_point(wh, self.min_pixels, self.max_pixels):
-            model_wh = wh
-        else:
-            model_wh = resized_wh(wh, self.min_pixels, self.max_pixels)
-        return ImageInfo(path, wh, model_wh, (model_wh[0] // 28) * (model_wh[1] // 28))
-
-    def _load_pixels(self, info: ImageInfo) -> Image.Image:
-        with Image.open(info.path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-        if im.size != info.stored_wh:
-            raise DataError(f"image {info.path} changed size between header and decode")
-        if info.needs_resize:
-            im = im.resize(info.model_wh, Image.Resampling.BICUBIC)
-        return im
-
-    @staticmethod
-    def _model_objects(sample: Sample, info: ImageInfo) -> tuple[DetObject, ...]:
-        """The sample's objects in the model's frame (rescaled when the image is resized here)."""
-        if not info.needs_resize:
-            return sample.objects
-        return tuple(
-            DetObject(scale_box_xyxy(o.bbox_2d, info.stored_wh, info.model_wh), o.desc)
-            for o in sample.objects
-        )
 
     # ---- text ------------------------------------------------------------------------------
 
@@ -398,7 +270,7 @@ class ChatProcessor:
         renders the plan and checks that its length is the one counted here."""
         samples = episode.samples
         infos = [self.image_info(os.path.join(image_root, s.image)) for s in samples]
-        objects = [self._model_objects(s, info) for s, info in zip(samples, infos, strict=True)]
+        objects = [model_objects(s, info) for s, info in zip(samples, infos, strict=True)]
         answers = [self._answer_lengths(objs) for objs in objects]
         teachers = len(episode.teachers)
         while True:
@@ -451,7 +323,7 @@ class ChatProcessor:
                 f"{rendered.expanded_length}; the tokenizer breaks the answer-length shortcut",
                 hint="report this with the tokenizer used (BBU_DEBUG=1 for a traceback)",
             )
-        pil_images = [self._load_pixels(info) for info in images]
+        pil_images = [load_model_pixels(info) for info in images]
         vision = self.processor.process_images(pil_images)
         grid = torch.as_tensor(vision["image_grid_thw"], dtype=torch.long).reshape(-1, 3)
         if grid.shape[0] != len(images):

@@ -18,35 +18,44 @@ Only documented hooks are overridden:
   padding fraction (the unused share of the packed rows' token budget, or the padded share of
   padded batches); eval logs get `eval_<component>`.
 
-Callbacks (`MetricsFile`, `ProgressReporter`) change *when* things are written or reported.
+Callbacks (`MetricsFile`, `ProgressReporter`, in `bbucli.train.callbacks`) change *when* things are
+written or reported; the checkpoint-N folder names are in `bbucli.train.checkpoint_dirs`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from bbucli.errors import BbuError, ConfigError
 from bbucli.loss.matcher import MatchingError
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.multitask import LossBreakdown, MultiTaskLoss
 from bbucli.model.param_groups import build_param_groups
+from bbucli.train.callbacks import MetricsFile, ProgressReporter, TrainProgress
+from bbucli.train.checkpoint_dirs import (
+    CHECKPOINT_PREFIX,
+    RESUME_WEIGHTS,
+    TRAINER_STATE,
+    latest_checkpoint,
+)
 from bbucli.train.dataset import EpisodeDataset, EpochBatches, EpochDataLoader
 
-#: The Trainer's model weights file, read back on resume (runs without DeepSpeed).
-RESUME_WEIGHTS = "model.safetensors"
-TRAINER_STATE = "trainer_state.json"
-CHECKPOINT_PREFIX = "checkpoint-"
+# Also the public names of the callbacks and checkpoint folders, which callers import from here.
+__all__ = [
+    "BBUTrainer", "Batching", "SaveFn", "TrainingDiverged", "TrainProgress", "MetricsFile",
+    "ProgressReporter", "CHECKPOINT_PREFIX", "RESUME_WEIGHTS", "TRAINER_STATE", "latest_checkpoint",
+]
+
 
 #: save_fn(folder, model, extra): writes the bbu checkpoint layout (run.py binds the processor,
 #: config, taxonomy and prompts).
@@ -65,38 +74,6 @@ class Batching:
     packed: bool
     max_tokens_per_batch: int
     batch_size: int = 1
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """What `run_training(progress=...)` is called with, on the main process only.
-
-    kind: "begin", "step", "log", "eval", "save" or "end"; step / max_steps: optimizer steps done
-    and planned; epoch: fractional epochs done; elapsed_s: since this process began training;
-    logs: the log or eval metrics ("log", "eval"), the latest log otherwise; path: the checkpoint
-    folder ("save")."""
-
-    kind: str
-    step: int
-    max_steps: int
-    epoch: float
-    elapsed_s: float
-    logs: Mapping[str, float] = field(default_factory=dict)
-    path: Path | None = None
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete `checkpoint-N` folder with the largest N in `output_dir`, or None. A folder
-    without `trainer_state.json` (written last by the Trainer) was cut short and is skipped."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = []
-    for path in folder.glob(f"{CHECKPOINT_PREFIX}*"):
-        step = path.name.removeprefix(CHECKPOINT_PREFIX)
-        if step.isdigit() and (path / TRAINER_STATE).is_file():
-            found.append((int(step), path))
-    return max(found)[1] if found else None
 
 
 class _Meter:
@@ -369,57 +346,3 @@ def _resume_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         state[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
     return state
-
-
-class MetricsFile(TrainerCallback):
-    """Appends every log (training, eval, the final summary) as one JSON line to `path`, on the
-    main process; a resumed run appends to the same file."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-        if state.is_world_process_zero and logs:
-            record = {"step": state.global_step, "epoch": state.epoch, **logs}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, default=float) + "\n")
-
-
-class ProgressReporter(TrainerCallback):
-    """Calls `progress(TrainProgress)` on the main process: begin, every step, logs, evals, saves, end."""
-
-    def __init__(self, progress: Callable[[TrainProgress], None]) -> None:
-        self.progress = progress
-        self.started = time.perf_counter()
-        self.last_logs: dict[str, float] = {}
-
-    def _emit(self, kind: str, state, logs=None, path=None) -> None:  # noqa: ANN001
-        if not state.is_world_process_zero:
-            return
-        self.progress(TrainProgress(
-            kind=kind, step=state.global_step, max_steps=state.max_steps, epoch=state.epoch or 0.0,
-            elapsed_s=time.perf_counter() - self.started, logs=dict(logs or self.last_logs), path=path,
-        ))  # fmt: skip
-
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-        self.started = time.perf_counter()
-        self._emit("begin", state)
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._emit("step", state)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-        logs = {k: v for k, v in (logs or {}).items() if isinstance(v, int | float)}
-        if any(k.startswith("eval_") for k in logs):
-            self._emit("eval", state, logs)
-        else:
-            self.last_logs.update(logs)
-            self._emit("log", state, logs)
-
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
-        path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-        self._emit("save", state, path=path)
-
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._emit("end", state)
