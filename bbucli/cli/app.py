@@ -38,6 +38,7 @@ def main(
 def _register() -> None:
     # Each stage lives in its own module; importing it adds its command to `app`.
     from bbucli.cli import convert  # noqa: F401
+    from bbucli.cli import demo as _demo  # noqa: F401
     from bbucli.cli import eval as _eval  # noqa: F401
     from bbucli.cli import inspect as _inspect  # noqa: F401
     from bbucli.cli import predict as _predict  # noqa: F401

@@ -22,7 +22,7 @@ def test_version_and_help():
     assert result.exit_code == 0 and result.output.strip() == f"bbu {__version__}"
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for stage in ("convert",):
+    for stage in ("convert", "inspect", "train", "eval", "predict", "demo"):
         assert stage in result.output
 
 

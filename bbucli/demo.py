@@ -1,0 +1,266 @@
+"""`bbu demo` as a library: the whole loop on the embedded default, in one folder.
+
+`run_demo(out_dir, ...)` takes the example raw set (`examples/raw` of a clone) or generates a
+synthetic one into out_dir/raw, converts it into out_dir/data/bbu.jsonl, inspects it, trains
+`configs/tiny.yaml` into out_dir/run with overrides pointing it at that data, evaluates the final
+checkpoint's detection head on the val split into out_dir/eval, writes out_dir/demo.json and
+returns a `DemoResult`. Progress goes through an optional callback as `DemoProgress` events; the
+library prints nothing.
+
+A time budget (`minutes`) becomes `train.max_steps`: one batch is timed through the training dry
+run, and the steps that fit in the budget's training share are planned from it. No callback stops
+the Trainer, so the run is reproducible from its seed whatever the machine's speed: the same
+`max_steps` gives the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bbucli.convert.pipeline import ConvertOptions, convert_dataset, output_paths
+from bbucli.errors import ConfigError, UsageError
+from bbucli.geometry import DEFAULT_MAX_PIXELS
+from bbucli.synthetic import generate_raw_set
+
+if TYPE_CHECKING:
+    from bbucli.convert.report import ConvertReport
+    from bbucli.evaluation.checkpoint_eval import CheckpointEvalRun
+    from bbucli.inspection.summary import DatasetSummary
+    from bbucli.train.callbacks import TrainProgress
+    from bbucli.train.run import TrainResult
+
+DEFAULT_MINUTES = 10.0
+# Share of a time budget spent in optimizer steps; the rest goes to building the model, the dry
+# run timing one batch, the optimizer update the dry run leaves out, saving and evaluating.
+TRAIN_SHARE = 0.7
+STAGES = ("generate", "convert", "inspect", "time", "train", "eval")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DemoProgress:
+    """One progress event. stage: one of STAGES; detail: the sub-stage of convert ("read",
+    "check", "resize") or eval ("load", "predict", "head: ..."), else ""; done / total: units of
+    that stage (total 0: unknown); train: the Trainer's event during "train"."""
+
+    stage: str
+    done: int
+    total: int
+    detail: str = ""
+    train: TrainProgress | None = None
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo did and where it left everything.
+
+    raw_dir: the raw export converted (examples/raw, or out_dir/raw when generated); data: the
+    train JSONL (val, teachers, report and images/ beside it); run_dir: train.output_dir;
+    checkpoint: the final checkpoint evaluated; eval_dir: metrics.json, per-class CSV, PNGs;
+    max_steps: the steps trained (planned from `minutes` when `planned_from_s` is set: the
+    seconds of one timed batch); ap50 / ap: COCO AP at IoU 0.5 and 0.5:0.95 of the head on the
+    val split (None: undefined, e.g. no ground-truth boxes); first_loss / last_loss: the first
+    and last logged training loss; look_next: (what, path) of the artefacts worth opening next.
+    """
+
+    out_dir: Path
+    raw_dir: Path
+    generated: bool
+    data: Path
+    run_dir: Path
+    checkpoint: Path
+    eval_dir: Path
+    max_steps: int
+    planned_from_s: float | None
+    ap50: float | None
+    ap: float | None
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    convert: ConvertReport
+    summary: DatasetSummary
+    train: TrainResult
+    eval: CheckpointEvalRun
+    look_next: tuple[tuple[str, Path], ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """The numbers and paths (JSON-ready), without the stage reports."""
+        return {
+            "out_dir": str(self.out_dir), "raw_dir": str(self.raw_dir), "generated": self.generated,
+            "data": str(self.data), "run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint),
+            "eval_dir": str(self.eval_dir), "max_steps": self.max_steps,
+            "planned_from_s": self.planned_from_s, "AP50": self.ap50, "AP": self.ap,
+            "first_loss": self.first_loss, "last_loss": self.last_loss, "seconds": round(self.seconds, 1),
+            "look_next": {what: str(path) for what, path in self.look_next},
+        }  # fmt: skip
+
+
+def find_examples() -> Path | None:
+    """examples/raw of the clone this package runs from, None when absent (an installed wheel)."""
+    raw = REPO / "examples" / "raw"
+    return raw if raw.is_dir() and any(raw.glob("*.json")) else None
+
+
+def find_tiny_config() -> Path:
+    """configs/tiny.yaml of the clone this package runs from, else of the working directory."""
+    for candidate in (REPO / "configs" / "tiny.yaml", Path.cwd() / "configs" / "tiny.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "configs/tiny.yaml not found next to the bbucli package nor in the working directory",
+        hint="run `bbu demo` from a clone of the bbu repository (pip install -e .), or from its root folder",
+    )
+
+
+def steps_for_budget(minutes: float, seconds_per_step: float, share: float = TRAIN_SHARE) -> int:
+    """Optimizer steps that fit in `share` of `minutes` at `seconds_per_step` (at least 1)."""
+    return max(1, math.floor(minutes * 60 * share / max(seconds_per_step, 1e-6)))
+
+
+def run_demo(
+    out_dir: str | Path,
+    *,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    use_examples: bool = True,
+    n_images: int = 24,
+    seed: int = 0,
+    image_size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    val_ratio: float = 0.2,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: Callable[[DemoProgress], None] | None = None,
+) -> DemoResult:
+    """Generate or take the raw set, convert, inspect, train and evaluate (module doc).
+
+    minutes / max_steps: the training length, one or the other (neither: DEFAULT_MINUTES);
+    use_examples: convert examples/raw when the clone has it (else a set is generated);
+    n_images / image_size (w, h) / seed: the generated set (seed also seeds the split and the
+    model); max_pixels: the smart_resize bound of convert and the model (model.max_pixels);
+    config: the training YAML (default: configs/tiny.yaml); overrides: `key=value`s applied after
+    the demo's own (data paths, output_dir, max_steps, seed), so they win.
+    Raises UsageError for impossible arguments or a non-empty out_dir, and what the stages raise.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda event: None)
+    out_dir = Path(out_dir).expanduser().absolute()
+    _check_arguments(out_dir, minutes, max_steps, n_images)
+    config_path = Path(config) if config is not None else find_tiny_config()
+
+    raw_dir, generated = find_examples() if use_examples else None, False
+    if raw_dir is None:
+        raw_dir, generated = out_dir / "raw", True
+        size = {"size": image_size} if image_size is not None else {}
+        generate_raw_set(
+            raw_dir, n_images, seed=seed, **size,
+            progress=lambda done, total: report(DemoProgress("generate", done, total)),
+        )  # fmt: skip
+
+    data = out_dir / "data" / "bbu.jsonl"
+    options = ConvertOptions(seed=seed, max_pixels=max_pixels, val_ratio=val_ratio)
+    converted = convert_dataset(
+        raw_dir, data, options,
+        progress=lambda stage, done, total: report(DemoProgress("convert", done, total, stage)),
+    )  # fmt: skip
+    paths = output_paths(data)
+
+    from bbucli.inspection.source import InspectOptions
+    from bbucli.inspection.summary import summarize
+    from bbucli.train.config import load_config
+
+    run_dir = out_dir / "run"
+    ours = [
+        f"data.train={paths['train']}", f"data.val={paths['val']}", f"data.teachers={paths['teachers']}",
+        f"train.output_dir={run_dir}", f"model.max_pixels={max_pixels}", f"model.seed={seed}",
+    ]  # fmt: skip
+    cfg = load_config(config_path, [*ours, *overrides])
+    report(DemoProgress("inspect", 0, 0))
+    inspect_options = InspectOptions(
+        model="tiny" if cfg.model.path == "tiny" else str(cfg.model.path), lang=cfg.data.lang,
+        max_tokens=cfg.data.max_tokens, batch_tokens=cfg.data.max_tokens_per_batch,
+    )  # fmt: skip
+    summary = summarize(
+        paths["train"], inspect_options,
+        progress=lambda stage, done, total: report(DemoProgress("inspect", done, total)),
+    )  # fmt: skip
+
+    from bbucli.train.run import run_training
+
+    planned_from = None
+    if max_steps is None:
+        report(DemoProgress("time", 0, 1))
+        planned_from = run_training(cfg, dry_run=True).dry_run.seconds
+        max_steps = steps_for_budget(minutes if minutes is not None else DEFAULT_MINUTES, planned_from)
+        report(DemoProgress("time", 1, 1))
+    cfg = load_config(config_path, [*ours, f"train.max_steps={max_steps}", *overrides])
+    trained = run_training(
+        cfg, progress=lambda event: report(DemoProgress("train", event.step, event.max_steps, event.kind, event))
+    )
+    if trained.final_checkpoint is None:
+        raise UsageError(f"training into {run_dir} left no final checkpoint", hint="see the training log above")
+
+    from bbucli.evaluation.checkpoint_eval import evaluate_checkpoint
+
+    eval_dir = out_dir / "eval"
+    evaluated = evaluate_checkpoint(
+        trained.final_checkpoint, paths["val"], eval_dir, sources=("head",),
+        progress=lambda stage, done, total: report(DemoProgress("eval", done, total, stage)),
+    )  # fmt: skip
+    head = evaluated.sources[0]
+    coco = head.result.coco
+    losses = trained.losses
+    result = DemoResult(
+        out_dir=out_dir, raw_dir=raw_dir, generated=generated, data=paths["train"], run_dir=run_dir,
+        checkpoint=trained.final_checkpoint, eval_dir=eval_dir, max_steps=max_steps,
+        planned_from_s=planned_from, ap50=coco.get("AP50"), ap=coco.get("AP"),
+        first_loss=losses[0][1] if losses else None, last_loss=losses[-1][1] if losses else None,
+        seconds=time.perf_counter() - started, convert=converted, summary=summary, train=trained,
+        eval=evaluated, look_next=_look_next(paths, run_dir, trained.final_checkpoint, head.written),
+    )  # fmt: skip
+    (out_dir / "demo.json").write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _check_arguments(out_dir: Path, minutes: float | None, max_steps: int | None, n_images: int) -> None:
+    problems = []
+    if minutes is not None and max_steps is not None:
+        problems.append("give a time budget (--minutes) or a step count (--steps), not both")
+    if minutes is not None and minutes <= 0:
+        problems.append(f"--minutes must be > 0, got {minutes}")
+    if max_steps is not None and max_steps < 1:
+        problems.append(f"--steps must be >= 1, got {max_steps}")
+    if n_images < 2:
+        problems.append(f"the generated set needs at least 2 images, got {n_images}")
+    if problems:
+        raise UsageError("; ".join(problems))
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UsageError(
+            f"{out_dir} is not empty; the demo writes a fresh folder",
+            hint="pass --out NEW_DIR, or delete the previous demo's folder",
+        )
+
+
+def _look_next(paths: dict[str, Path], run_dir: Path, checkpoint: Path, written: Mapping[str, Path]) -> tuple[tuple[str, Path], ...]:
+    """(what, path) of the artefacts a new user opens next, those that exist, in pipeline order."""
+    evaluated = dict(written)
+    wanted = [
+        ("training data (inspect it: bbu inspect FILE --index 0 --tokens)", paths["train"]),
+        ("resized images", paths["images"]),
+        ("convert report", paths["report"]),
+        ("resolved training config", run_dir / "config.yaml"),
+        ("training log, one line per log and eval", run_dir / "metrics.jsonl"),
+        ("final checkpoint (bbu eval / bbu predict take it)", checkpoint),
+        ("metrics", evaluated.get("metrics")),
+        ("per-class AP", evaluated.get("per_class")),
+        ("precision-recall curves", evaluated.get("pr_curve")),
+        ("worst images, ground truth vs predictions", evaluated["metrics"].parent / "overlays" if "metrics" in evaluated else None),
+        ("predictions", evaluated.get("predictions")),
+    ]
+    return tuple((what, Path(path)) for what, path in wanted if path is not None and Path(path).exists())
