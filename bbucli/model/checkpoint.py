@@ -30,6 +30,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bbucli.errors import ModelError
+from bbucli.model.checkpoint_layout import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    META_FILE,
+    OWNED,
+    PROCESSOR_DIR,
+    QWEN_DIR,
+    RETRAIN_HINT,
+    TAXONOMY_FILE,
+    check_folder,
+    check_head_state,
+    missing_files,
+    parse_config,
+    read_meta,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -37,21 +54,6 @@ if TYPE_CHECKING:
     from bbucli.chat.loading import VLProcessor
     from bbucli.chat.prompts import Prompts
     from bbucli.model.bbu_model import BBUModel
-    from bbucli.model.head import HeadConfig
-
-FORMAT = "bbu-checkpoint"
-FORMAT_VERSION = 1
-META_FILE = "bbu.json"
-HEAD_FILE = "head.safetensors"
-QWEN_DIR = "qwen"
-PROCESSOR_DIR = "processor"
-CONFIG_FILE = "config.yaml"
-TAXONOMY_FILE = "taxonomy.yaml"
-#: What a checkpoint folder owns; anything else in a folder being replaced is carried over.
-OWNED = frozenset({META_FILE, HEAD_FILE, QWEN_DIR, PROCESSOR_DIR, CONFIG_FILE, TAXONOMY_FILE})
-_REQUIRED = (META_FILE, HEAD_FILE, f"{QWEN_DIR}/config.json", PROCESSOR_DIR)
-_RETRAIN = "save it again (`bbu train ... train.resume=true` writes a fresh checkpoint)"
-
 
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
@@ -68,7 +70,7 @@ class Checkpoint:
     config: Mapping[str, Any] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "config", _parse_config(self.config_yaml, self.path))
+        object.__setattr__(self, "config", parse_config(self.config_yaml, self.path))
 
     @property
     def extra(self) -> Mapping[str, Any]:
@@ -105,7 +107,7 @@ class Checkpoint:
 def is_checkpoint(path: str | Path) -> bool:
     """True when `path` is a folder holding every file of a complete checkpoint (see the module doc)."""
     folder = Path(path)
-    return folder.is_dir() and not _missing(folder)
+    return folder.is_dir() and not missing_files(folder)
 
 
 def save_checkpoint(
@@ -201,9 +203,9 @@ def load_checkpoint(
     from bbucli.model.loading import load_model
 
     folder = Path(path)
-    _check_folder(folder)
-    meta = _read_meta(folder)
-    hint = f"the checkpoint in {folder} is damaged or from another bbu version; {_RETRAIN}"
+    check_folder(folder)
+    meta = read_meta(folder)
+    hint = f"the checkpoint in {folder} is damaged or from another bbu version; {RETRAIN_HINT}"
     try:
         head_config = HeadConfig(**meta["head_config"])
         text_layer = int(meta["text_layer"])
@@ -216,7 +218,7 @@ def load_checkpoint(
         state = load_file(str(folder / HEAD_FILE))
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read {folder / HEAD_FILE}: {exc}", hint=hint) from exc
-    _check_head_state(state, head_config, folder / HEAD_FILE, hint)
+    check_head_state(state, head_config, folder / HEAD_FILE, hint)
     with _quiet_transformers():
         try:
             qwen = load_model(
@@ -246,94 +248,6 @@ def load_checkpoint(
 
 
 # ---- internals -------------------------------------------------------------------------------
-
-
-def _missing(folder: Path) -> list[str]:
-    missing = [name for name in _REQUIRED if not (folder / name).exists()]
-    qwen = folder / QWEN_DIR
-    if qwen.is_dir() and not any(qwen.glob("*.safetensors")) and not any(qwen.glob("*.bin")):
-        missing.append(f"{QWEN_DIR}/model.safetensors")
-    return missing
-
-
-def _check_folder(folder: Path) -> None:
-    if not folder.exists():
-        raise ModelError(
-            f"checkpoint folder {folder} does not exist",
-            hint="pass a folder written by `bbu train` (one holding bbu.json, qwen/, processor/, head.safetensors)",
-        )
-    if not folder.is_dir():
-        raise ModelError(
-            f"{folder} is a file, not a checkpoint folder",
-            hint="pass the checkpoint folder written by `bbu train`",
-        )
-    missing = _missing(folder)
-    if not missing:
-        return
-    interrupted = list(folder.parent.glob(f".{folder.name}.tmp-*"))
-    partial = "is not a checkpoint" if len(missing) == len(_REQUIRED) else "is a partial checkpoint"
-    hint = (
-        f"a save into it was interrupted ({interrupted[0].name} is left beside it); {_RETRAIN}"
-        if interrupted
-        else "pass the checkpoint folder written by `bbu train` (e.g. runs/tiny/checkpoint-100)"
-    )
-    raise ModelError(f"{folder} {partial}: it lacks {', '.join(missing)}", hint=hint)
-
-
-def _read_meta(folder: Path) -> dict[str, Any]:
-    file = folder / META_FILE
-    hint = f"{file} is damaged or not written by bbu; {_RETRAIN}"
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {file}: {exc}", hint=hint) from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{file} is not a {FORMAT} description", hint=hint)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(
-            f"{file}: checkpoint format version {meta.get('format_version')!r} is not "
-            f"{FORMAT_VERSION} (written by bbucli {meta.get('bbucli_version')})",
-            hint="load it with the bbucli version that wrote it",
-        )
-    return meta
-
-
-def _check_head_state(
-    state: Mapping[str, torch.Tensor], config: HeadConfig, file: Path, hint: str
-) -> None:
-    """ModelError unless `state` has exactly the names and shapes of a head built from `config`
-    (checked on the meta device, before any weight loads)."""
-    import torch
-
-    from bbucli.model.head import DetectionHead
-
-    with torch.device("meta"):
-        expected = DetectionHead(config).state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} (config: {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ModelError(
-            f"{file} does not fit the head config in {META_FILE}: missing {_few(missing)}; "
-            f"unexpected {_few(unexpected)}; other shapes {_few(mismatched)}",
-            hint=hint,
-        )
-
-
-def _parse_config(text: str | None, folder: Path) -> Mapping[str, Any]:
-    if text is None:
-        return {}
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ModelError(f"{folder / CONFIG_FILE} is not valid YAML: {exc}") from exc
-    return data if isinstance(data, dict) else {}
 
 
 def _save_head(model: BBUModel, file: Path) -> None:
@@ -399,8 +313,3 @@ def _quiet_transformers() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-def _few(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit]) or "none"
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
