@@ -11,6 +11,13 @@ only the chunk's hidden states and backward recomputes its logits, so at most on
 token being predicted). Weighted by their token counts they recombine to the plain mean LM loss over
 all supervised tokens. Packed rows need nothing special: the collator masks each sample's first
 label, the one its predecessor's last position would predict.
+
+Two ways to pay for fewer tokens, both for small models on a CPU where the (D x 151k) lm_head is
+most of a step: `segments` leaves out the answer segments whose loss weight is 0 (their losses
+are then 0, still in the graph), and `max_tokens` scores a uniformly random subset of at most that
+many supervised positions, drawn from `generator`. Without replacement and uniform over positions,
+each segment's mean over the subset is an unbiased-in-expectation (ratio) estimate of its full
+token mean; the counts returned are the tokens actually scored.
 """
 
 from __future__ import annotations
@@ -52,12 +59,19 @@ def lm_losses(
     lm_head: nn.Module,
     *,
     chunk_size: int = DEFAULT_CHUNK,
+    segments: tuple[int, ...] = (SEGMENT_TEACHER, SEGMENT_STUDENT),
+    max_tokens: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> LMLosses:
     """hidden_states: (B, S, D) final normalised hidden states; labels: (B, S) token ids, -100
     where unsupervised; segment: (B, S) 0 prompt, 1 teacher answer, 2 student answer, -1 padding;
-    lm_head: (..., D) -> (..., V). chunk_size: supervised positions per lm_head call."""
+    lm_head: (..., D) -> (..., V). chunk_size: supervised positions per lm_head call; segments:
+    the answer segments scored; max_tokens: score a random subset of at most this many supervised
+    positions (None: all), drawn with `generator` (a CPU generator; None: torch's global one)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
     if labels.shape != hidden_states.shape[:2] or segment.shape != labels.shape:
         raise ValueError(
             f"labels {tuple(labels.shape)} and segment {tuple(segment.shape)} must match the "
@@ -65,9 +79,23 @@ def lm_losses(
         )
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX
-    hidden = hidden_states[:, :-1][supervised]  # (N, D)
-    targets = targets[supervised]  # (N,)
     target_segment = segment[:, 1:][supervised]
+    other = supervised.sum() - sum((target_segment == s).sum() for s in (SEGMENT_TEACHER, SEGMENT_STUDENT))
+    if int(other):
+        raise ValueError(
+            f"{int(other)} supervised tokens lie outside the teacher (1) and student (2) answer segments"
+        )
+    if set(segments) != {SEGMENT_TEACHER, SEGMENT_STUDENT}:
+        scored = supervised & torch.isin(segment[:, 1:], torch.tensor(segments, device=segment.device))
+        supervised, target_segment = scored, segment[:, 1:][scored]
+    positions = supervised.flatten().nonzero().squeeze(1)  # (N,) in row-major order
+    if max_tokens is not None and len(positions) > max_tokens:
+        pick = torch.randperm(len(positions), generator=generator)[:max_tokens].sort().values
+        pick = pick.to(positions.device)
+        positions, target_segment = positions[pick], target_segment[pick]
+    rows, cols = positions // targets.shape[1], positions % targets.shape[1]
+    hidden = hidden_states[rows, cols]  # (N, D): position t predicts token t + 1
+    targets = targets[rows, cols]  # (N,)
 
     pieces = []
     # Checkpointing pays one recomputation to keep a single chunk's logits alive instead of all of
@@ -88,11 +116,6 @@ def lm_losses(
     teacher = target_segment == SEGMENT_TEACHER
     student = target_segment == SEGMENT_STUDENT
     n_teacher, n_student = teacher.sum(), student.sum()
-    other = len(targets) - int(n_teacher + n_student)
-    if other:
-        raise ValueError(
-            f"{other} supervised tokens lie outside the teacher (1) and student (2) answer segments"
-        )
     teacher_lm = (per_token * teacher).sum() / n_teacher.clamp(min=1) + zero
     student_lm = (per_token * student).sum() / n_student.clamp(min=1) + zero
     return LMLosses(teacher_lm, student_lm, n_teacher, n_student)

@@ -34,7 +34,7 @@ from bbucli.loss.detection import (
     LayerOutput,
     num_boxes_across_ranks,
 )
-from bbucli.loss.lm import DEFAULT_CHUNK, lm_losses
+from bbucli.loss.lm import DEFAULT_CHUNK, SEGMENT_STUDENT, SEGMENT_TEACHER, lm_losses
 from bbucli.loss.matcher import hungarian_matcher
 from bbucli.model.bbu_model import BBUModel, BBUOutput
 from bbucli.model.caption_vocab import PAD, CaptionVocab
@@ -141,6 +141,9 @@ class MultiTaskLoss:
     captions: the caption targets builder, needed when the head has a caption decoder and
     `caption_weight` > 0. Matching costs and focal parameters are passed to `DetectionCriterion`
     (and to the caption matching). `token_aux`: add the head's token-objectness stage.
+    `lm_max_tokens`: score at most this many answer tokens per step, a random subset drawn from
+    the step number (reproducible; `bbucli.loss.lm`); None: all. Answer segments whose weight is 0
+    are never scored.
     """
 
     def __init__(
@@ -156,8 +159,17 @@ class MultiTaskLoss:
         aux: bool = True,
         token_aux: bool = True,
         lm_chunk_size: int = DEFAULT_CHUNK,
+        lm_max_tokens: int | None = None,
     ) -> None:
+        if lm_max_tokens is not None and lm_max_tokens < 1:
+            raise ValueError(f"lm_max_tokens must be >= 1 or None, got {lm_max_tokens}")
         self.weights = weights
+        self.lm_max_tokens = lm_max_tokens
+        self.lm_segments = tuple(
+            segment
+            for segment, weight in ((SEGMENT_TEACHER, weights.teacher_weight), (SEGMENT_STUDENT, weights.student_weight))
+            if weight
+        )
         self.captions = captions
         self.token_aux = token_aux
         self.lm_chunk_size = lm_chunk_size
@@ -191,6 +203,9 @@ class MultiTaskLoss:
             batch["segment"],
             model.qwen.get_output_embeddings(),
             chunk_size=self.lm_chunk_size,
+            segments=self.lm_segments,
+            max_tokens=self.lm_max_tokens,
+            generator=None if step is None else torch.Generator().manual_seed(step),
         )
         losses: dict[str, torch.Tensor] = {"teacher_lm": lm.teacher_lm, "student_lm": lm.student_lm}
         stats: dict[str, torch.Tensor | float] = {

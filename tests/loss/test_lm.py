@@ -162,3 +162,52 @@ def test_supervised_tokens_outside_answers_are_refused() -> None:
         lm_losses(torch.randn(1, 3, 8), labels, segment, torch.nn.Linear(8, 10))
     with pytest.raises(ValueError, match="must match"):
         lm_losses(torch.randn(1, 4, 8), labels, segment, torch.nn.Linear(8, 10))
+
+
+def _synthetic_lm(seed=0, rows=2, length=40, dim=8, vocab=50):
+    """Random hidden states, an lm_head, and labels with teacher and student answer spans."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, length, dim, generator=gen, requires_grad=True)
+    head = torch.nn.Linear(dim, vocab, bias=False)
+    torch.nn.init.normal_(head.weight, generator=gen)
+    labels = torch.randint(0, vocab, (rows, length), generator=gen)
+    segment = torch.zeros(rows, length, dtype=torch.long)
+    segment[:, 5:15], segment[:, 20:38] = 1, 2
+    labels[segment == 0] = -100
+    return hidden, head, labels, segment
+
+
+def test_zero_weight_segments_are_not_scored():
+    hidden, head, labels, segment = _synthetic_lm()
+    full = lm_losses(hidden, labels, segment, head)
+    student_only = lm_losses(hidden, labels, segment, head, segments=(2,))
+    assert int(student_only.teacher_tokens) == 0 and float(student_only.teacher_lm.detach()) == 0.0
+    assert int(student_only.student_tokens) == int(full.student_tokens)
+    torch.testing.assert_close(student_only.student_lm, full.student_lm)
+    # Still in the graph (DDP sees lm_head used), with no gradient from teacher positions.
+    student_only.student_lm.backward()
+    assert hidden.grad[:, 4:14].abs().sum() == 0 and hidden.grad[:, 19:37].abs().sum() > 0
+
+
+def test_max_tokens_scores_a_reproducible_subset_with_an_unbiased_mean():
+    hidden, head, labels, segment = _synthetic_lm()
+    full = lm_losses(hidden, labels, segment, head)
+    n = int(full.teacher_tokens + full.student_tokens)
+    assert lm_losses(hidden, labels, segment, head, max_tokens=n).mean.item() == pytest.approx(full.mean.item())
+
+    def draw(seed):
+        return lm_losses(hidden, labels, segment, head, max_tokens=7, generator=torch.Generator().manual_seed(seed))
+
+    one, again, other = draw(3), draw(3), draw(4)
+    assert int(one.teacher_tokens + one.student_tokens) == 7
+    assert one.mean.item() == again.mean.item() and one.mean.item() != other.mean.item()
+    estimate = sum(draw(seed).mean.item() for seed in range(400)) / 400
+    assert estimate == pytest.approx(full.mean.item(), rel=0.02)
+    one.mean.backward()
+    assert int((hidden.grad.abs().sum(-1) > 0).sum()) == 7  # only the scored positions
+
+
+def test_max_tokens_must_be_positive():
+    hidden, head, labels, segment = _synthetic_lm()
+    with pytest.raises(ValueError, match="max_tokens"):
+        lm_losses(hidden, labels, segment, head, max_tokens=0)
