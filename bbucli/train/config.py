@@ -134,6 +134,11 @@ class DataSection(_Section):
     batch_size: Int = Field(
         1, ge=1, description="samples per padded batch without packing (1 with packing)"
     )
+    group_by_length: Bool = Field(
+        False,
+        description="padded batches of similar lengths (sorted within windows of 16 batches, "
+        "then shuffled): less padding; ignored with packing",
+    )
     num_teachers: Int = Field(1, ge=0, description="teachers (in-context examples) per student, K")
     teacher_resample: Bool = Field(
         False,

@@ -14,7 +14,10 @@ draw; lengths, skips and bins follow it.
 
 `EpochBatches` is the DataLoader's batch sampler: token-budget bins (`TokenBudgetBatchSampler`,
 packed rows) or fixed-size batches (padded rows), in an order that is a pure function of
-(seed, epoch), sharded over ranks. Its length is fixed at epoch 0 (the Trainer reads it once):
+(seed, epoch), sharded over ranks. Padded batches may be grouped by length (`data.group_by_length`):
+the shuffled order is cut into windows of GROUP_WINDOW batches, each window sorted by token count
+and cut into batches, and the batches shuffled again, so a batch holds samples of similar length
+(little padding) while every epoch still mixes the whole split. Its length is fixed at epoch 0 (the Trainer reads it once):
 an epoch whose re-drawn teachers give more bins is cut, one with fewer repeats bins from its
 start. The Trainer calls `set_epoch` at the start of each epoch (also the resumed one), which is
 what makes a resumed run see exactly the batches an uninterrupted one would.
@@ -170,11 +173,15 @@ def _cut_teachers(episode: Episode, k: int) -> Episode:
     return episode if len(episode.teachers) <= k else replace(episode, teachers=episode.teachers[:k])
 
 
+GROUP_WINDOW = 16  # batches per length-sorting window (data.group_by_length)
+
+
 class EpochBatches:
     """Batch sampler over an `EpisodeDataset` (see the module docstring).
 
     packed: token-budget bins of at most `max_tokens_per_batch` tokens (one packed row each);
-    else `batch_size` samples per batch, in a shuffled order. shuffle: per-epoch order from
+    else `batch_size` samples per batch, in a shuffled order (grouped by length within windows
+    when `group_by_length`). shuffle: per-epoch order from
     `seed + epoch` (evaluation passes False). num_replicas / rank: each rank takes every
     num_replicas-th batch; every rank gets the same number of batches.
     """
@@ -190,9 +197,11 @@ class EpochBatches:
         shuffle: bool = True,
         num_replicas: int = 1,
         rank: int = 0,
+        group_by_length: bool = False,
     ) -> None:
         self.dataset = dataset
         self.packed = packed
+        self.group_by_length = group_by_length
         self.max_tokens_per_batch = max_tokens_per_batch
         self.batch_size = batch_size
         self.seed = seed
@@ -218,9 +227,19 @@ class EpochBatches:
             sampler.set_epoch(self.epoch)
             return list(sampler)
         order = list(range(len(lengths)))
+        rng = random.Random(self.seed + self.epoch)
         if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
+            rng.shuffle(order)
+        if self.group_by_length:
+            window = GROUP_WINDOW * self.batch_size
+            order = [
+                i
+                for start in range(0, len(order), window)
+                for i in sorted(order[start : start + window], key=lambda i: (-lengths[i], i))
+            ]
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.group_by_length and self.shuffle:
+            rng.shuffle(batches)
         if self.num_replicas > 1 and batches:
             total = -(-len(batches) // self.num_replicas) * self.num_replicas
             batches = (batches * (total // len(batches) + 1))[:total]

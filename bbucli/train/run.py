@@ -309,7 +309,7 @@ def _build(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> 
         callbacks.append(ProgressReporter(progress))
     trainer = BBUTrainer(
         model, args=args, loss=loss, lrs=lrs, image_token_id=processor.image_token_id,
-        batching=Batching(data.packing, data.max_tokens_per_batch, data.batch_size),
+        batching=Batching(data.packing, data.max_tokens_per_batch, data.batch_size, data.group_by_length),
         save_fn=save_fn, train_dataset=train, eval_dataset=val, data_collator=collator,
         callbacks=callbacks,
     )  # fmt: skip

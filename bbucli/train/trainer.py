@@ -69,11 +69,12 @@ class TrainingDiverged(BbuError):
 @dataclass(frozen=True)
 class Batching:
     """How batches are made. packed: one row of at most max_tokens_per_batch tokens per step;
-    else batch_size samples padded to the longest."""
+    else batch_size samples padded to the longest, of similar lengths when group_by_length."""
 
     packed: bool
     max_tokens_per_batch: int
     batch_size: int = 1
+    group_by_length: bool = False
 
 
 class _Meter:
@@ -263,6 +264,7 @@ class BBUTrainer(Trainer):
             shuffle=shuffle,
             num_replicas=self.args.world_size,
             rank=self.args.process_index,
+            group_by_length=self.batching.group_by_length,
         )
         workers = self.args.dataloader_num_workers
         extra = {"prefetch_factor": self.args.dataloader_prefetch_factor} if workers else {}

@@ -180,3 +180,28 @@ def test_object_boxes_survive_the_dataset(tiny_data, chat):
     sample = dataset[0]
     assert sample.gt_descs == tuple(o.desc for o in episode.student.objects)
     assert isinstance(episode.student.objects[0], DetObject) and sample.image_grid_thw.shape[0] == 1
+
+
+def test_length_grouped_batches_pad_less_and_still_cover_the_split(tiny_data, chat):
+    dataset = EpisodeDataset(read_episodes(tiny_data / "bbu.jsonl"), chat, tiny_data, num_teachers=0)
+    lengths = dataset.lengths()
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    plain = EpochBatches(dataset, packed=False, max_tokens_per_batch=0, batch_size=3, seed=0)
+    grouped = EpochBatches(dataset, packed=False, max_tokens_per_batch=0, batch_size=3, seed=0, group_by_length=True)
+    assert len(grouped) == len(plain)
+    epochs = []
+    for epoch in (0, 1, 0):
+        grouped.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        batches = list(grouped)
+        epochs.append(batches)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert padding(batches) <= padding(list(plain))
+        # One window holds the whole split here: the batches are consecutive runs of the sorted lengths.
+        runs = sorted((sorted((lengths[i] for i in b), reverse=True) for b in batches), reverse=True)
+        flat = [v for run in runs for v in run]
+        assert flat == sorted(flat, reverse=True)
+    assert epochs[0] == epochs[2]
