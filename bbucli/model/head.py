@@ -11,7 +11,7 @@ and the last hidden states of the student's prompt, both of the language model's
 
 Parameter name prefixes (relative to the head), for the optimizer's parameter groups:
 - `adapter` group: `vision_adapter.`, `language_adapter.`;
-- `detection` group: `token_score_head.`, `query_embed`, `memory_type_embed`, `decoder.`
+- `detection` group: `token_score_head.`, `token_box_head.`, `query_embed`, `memory_type_embed`, `decoder.`
   (`decoder.layers.`, `decoder.pos_head.`, `decoder.box_head.`, `decoder.obj_head.`),
   `caption_decoder.`.
 `parameter_group(name)` applies this rule.
@@ -32,7 +32,7 @@ from bbucli.errors import ConfigError
 from bbucli.model.adapters import ResidualAdapter
 from bbucli.model.anchors import select_query_tokens, token_cell_boxes
 from bbucli.model.caption_decoder import CaptionDecoder
-from bbucli.model.decoder import PAD_LOGIT, RefiningDecoder
+from bbucli.model.decoder import MLP, PAD_LOGIT, RefiningDecoder, inverse_sigmoid
 
 ADAPTER_PREFIXES = ("vision_adapter.", "language_adapter.")
 
@@ -46,7 +46,10 @@ def parameter_group(name: str) -> str:
 class HeadConfig:
     """Sizes of the detection head. `caption_vocab_size` 0 builds no caption decoder; otherwise
     pass `CaptionVocab.size`. `ref_cells`: side of the initial reference box, in merged-grid
-    cells (2: a query starts from its token's cell plus half a cell on each side)."""
+    cells (2: a query starts from its token's cell plus half a cell on each side).
+    `token_boxes` (two-stage): every vision token also predicts a box, refined from its
+    `ref_cells` box by `token_box_head`, and each query starts from its token's predicted box
+    (Deformable DETR's two-stage proposals); the token stage then trains boxes too."""
 
     llm_hidden: int
     width: int = 256
@@ -60,6 +63,7 @@ class HeadConfig:
     caption_vocab_size: int = 0
     caption_max_len: int = 32
     caption_layers: int = 2
+    token_boxes: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -96,14 +100,17 @@ class HeadOutput:
         an image with more objects than valid queries would match padding) and leave padding out
         of the objectness loss.
     query_index: (B, Q) long, the vision token each query is anchored on (row-major in the grid).
-    reference_boxes: (B, Q, 4) the queries' starting boxes (their tokens' cells, `ref_cells` wide).
+    reference_boxes: (B, Q, 4) the queries' starting boxes (their tokens' cells, `ref_cells` wide,
+        or with `token_boxes` their tokens' predicted boxes, detached).
     token_logits: (B, Nv) objectness score of every vision token, the top-K criterion; padding at
         `PAD_LOGIT`. It only gets gradient from a loss on it: treat
         (`token_logits`, `token_boxes`, `token_mask`) as one more auxiliary stage, like
-        Deformable DETR's two-stage encoder output (its boxes are constants; only the objectness
-        term trains). Without that loss the top-K choice (images with Nv > max_queries) stays
-        random, and DDP must run with `find_unused_parameters`.
-    token_boxes: (B, Nv, 4) each token's cell (one cell wide), normalised cxcywh.
+        Deformable DETR's two-stage encoder output (without `token_boxes` its boxes are
+        constants and only the objectness term trains). Without that loss the top-K choice
+        (images with Nv > max_queries) stays random, and DDP must run with
+        `find_unused_parameters`.
+    token_boxes: (B, Nv, 4) normalised cxcywh: each token's cell (one cell wide), or with
+        `HeadConfig.token_boxes` each token's predicted box (trainable).
     token_mask: (B, Nv) bool, the vision mask given.
     caption_logits: (B, Q, L, V_caption) when caption targets were given, else None.
     """
@@ -147,6 +154,12 @@ class DetectionHead(nn.Module):
         self.decoder = RefiningDecoder(
             w, config.layers, config.heads, config.ffn, config.dropout, config.prior_prob
         )
+        self.token_box_head: MLP | None = None
+        if config.token_boxes:
+            self.token_box_head = MLP(w, w, 4, 3)
+            # Zero correction at start: every token first proposes its `ref_cells` box.
+            nn.init.zeros_(self.token_box_head.layers[-1].weight)
+            nn.init.zeros_(self.token_box_head.layers[-1].bias)
         # Same prior as the queries' objectness; written out rather than copied so that the head
         # can be built on the meta device.
         nn.init.constant_(
@@ -210,13 +223,19 @@ class DetectionHead(nn.Module):
         token_logits = token_logits.masked_fill(~vision_mask, PAD_LOGIT)
         index, query_mask = select_query_tokens(token_logits, vision_mask, self.config.max_queries)
 
-        token_boxes = token_cell_boxes(grid_hw, n_vis, cells=1.0)
-        reference = token_cell_boxes(grid_hw, n_vis, cells=self.config.ref_cells)
+        cells = token_cell_boxes(grid_hw, n_vis, cells=1.0)
+        anchors = token_cell_boxes(grid_hw, n_vis, cells=self.config.ref_cells)
+        if self.token_box_head is not None:
+            # fp32 refinement, as in the decoder.
+            token_boxes = (inverse_sigmoid(anchors) + self.token_box_head(vision).float()).sigmoid()
+            reference = token_boxes.detach()
+        else:
+            token_boxes, reference = cells, anchors
         reference = reference.gather(1, index[..., None].expand(-1, -1, 4))
         queries = vision.gather(1, index[..., None].expand(-1, -1, vision.shape[-1]))
         queries = queries + self.query_embed
 
-        vision_pos = self.decoder.box_position(token_boxes) + self.memory_type_embed[0]
+        vision_pos = self.decoder.box_position(cells) + self.memory_type_embed[0]
         text_pos = self.memory_type_embed[1].expand_as(text)
         memory = torch.cat((vision, text), dim=1)
         memory_pos = torch.cat((vision_pos, text_pos), dim=1)

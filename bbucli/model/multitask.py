@@ -141,6 +141,10 @@ class MultiTaskLoss:
     captions: the caption targets builder, needed when the head has a caption decoder and
     `caption_weight` > 0. Matching costs and focal parameters are passed to `DetectionCriterion`
     (and to the caption matching). `token_aux`: add the head's token-objectness stage.
+    `token_matches`: with a head that predicts token boxes (`HeadConfig.token_boxes`), the token
+    stage also trains boxes (`l1_token`, `giou_token`), matching every target to this many
+    tokens (one-to-many, as in H-DETR's hybrid branch: more box supervision per image while the
+    decoder keeps one-to-one matching).
     `lm_max_tokens`: score at most this many answer tokens per step, a random subset drawn from
     the step number (reproducible; `bbucli.loss.lm`); None: all. Answer segments whose weight is 0
     are never scored.
@@ -160,7 +164,11 @@ class MultiTaskLoss:
         token_aux: bool = True,
         lm_chunk_size: int = DEFAULT_CHUNK,
         lm_max_tokens: int | None = None,
+        token_matches: int = 1,
     ) -> None:
+        if token_matches < 1:
+            raise ValueError(f"token_matches must be >= 1, got {token_matches}")
+        self.token_matches = token_matches
         if lm_max_tokens is not None and lm_max_tokens < 1:
             raise ValueError(f"lm_max_tokens must be >= 1 or None, got {lm_max_tokens}")
         self.weights = weights
@@ -250,8 +258,14 @@ class MultiTaskLoss:
         losses = {k: v for k, v in det.items() if k != "total"}
         if self.token_aux:
             stage = LayerOutput(head.token_logits, head.token_boxes)
-            token = self.criterion([stage], targets, num_boxes=num_boxes, step=step)
-            losses["objectness_token"] = token["objectness"]
+            if model.head.token_box_head is not None:
+                k = self.token_matches
+                many = [DetTargets(t.boxes.repeat(k, 1)) for t in targets]
+                token = self.criterion([stage], many, num_boxes=num_boxes * k, step=step)
+                losses.update({f"{key}_token": token[key] for key in ("l1", "giou", "objectness")})
+            else:
+                token = self.criterion([stage], targets, num_boxes=num_boxes, step=step)
+                losses["objectness_token"] = token["objectness"]
         if (
             self.weights.caption_weight > 0
             and model.head.caption_decoder is not None

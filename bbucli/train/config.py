@@ -181,6 +181,11 @@ class DetectionSection(_Section):
     )
     caption_max_len: Int = Field(32, ge=1, description="longest caption, in caption tokens")
     caption_layers: Int = Field(2, ge=1, description="decoder layers of the caption decoder")
+    token_boxes: Bool = Field(
+        False,
+        description="two-stage: every vision token predicts a box and each query starts from its "
+        "token's box (the token stage then trains boxes, see loss.token_matches)",
+    )
     text_layer: Int = Field(
         -1,
         description="which LLM hidden states of the prompt form the head's language memory: "
@@ -237,6 +242,12 @@ class LossSection(_Section):
     token_aux: Bool = Field(
         True,
         description="objectness loss on the vision tokens' scores (what picks the top-K queries)",
+    )
+    token_matches: Int = Field(
+        1,
+        ge=1,
+        description="with detection.token_boxes: tokens matched to every target in the token "
+        "stage's box loss (one-to-many: more box supervision per image)",
     )
     lm_max_tokens: Int | None = Field(
         None,

@@ -277,7 +277,7 @@ def _build(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> 
         weights, captions=captions, cost_obj=cfg.loss.cost_obj, cost_bbox=cfg.loss.cost_bbox,
         cost_giou=cfg.loss.cost_giou, focal_alpha=cfg.loss.focal_alpha,
         focal_gamma=cfg.loss.focal_gamma, aux=cfg.loss.aux, token_aux=cfg.loss.token_aux,
-        lm_max_tokens=cfg.loss.lm_max_tokens,
+        lm_max_tokens=cfg.loss.lm_max_tokens, token_matches=cfg.loss.token_matches,
     )  # fmt: skip
 
     kwargs = cfg.training_arguments()

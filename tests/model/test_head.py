@@ -272,3 +272,38 @@ def test_overfits_a_few_images():
     for b, q in enumerate(idx):
         top = out.pred_logits[b].topk(3).indices
         assert set(top.tolist()) == set(q.tolist())
+
+
+def test_token_boxes_start_at_the_anchors_and_feed_the_queries():
+    """Two-stage: every token predicts a box (trainable), starting exactly at its ref_cells box,
+    and each query's reference is its token's predicted box, detached."""
+    from bbucli.model.anchors import token_cell_boxes
+
+    head = make_head(token_boxes=True).train()
+    vision, vmask, grids, text, tmask = make_batch([(3, 4), (2, 2)], [5, 3])
+    out = head(vision, vmask, grids, text, tmask)
+    anchors = token_cell_boxes(grids, vision.shape[1], cells=head.config.ref_cells)
+    valid = vmask[..., None].expand_as(anchors)
+    torch.testing.assert_close(out.token_boxes[valid], anchors[valid], atol=1e-4, rtol=0)  # eps of inverse_sigmoid
+    assert out.token_boxes.requires_grad and not out.reference_boxes.requires_grad
+    expected = out.token_boxes.gather(1, out.query_index[..., None].expand(-1, -1, 4))
+    torch.testing.assert_close(out.reference_boxes, expected.detach())
+    # A step on a box loss moves the token boxes (the head learns proposals).
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    target = torch.tensor([0.3, 0.3, 0.1, 0.1])
+    for _ in range(3):
+        loss = (head(vision, vmask, grids, text, tmask).token_boxes[0, 0] - target).abs().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    moved = head(vision, vmask, grids, text, tmask)
+    assert (moved.token_boxes[0, 0] - target).abs().sum() < (out.token_boxes[0, 0] - target).abs().sum()
+    assert parameter_group("token_box_head.layers.0.weight") == "detection"
+
+
+def test_without_token_boxes_the_token_stage_is_the_cells():
+    head = make_head()
+    assert head.token_box_head is None
+    vision, vmask, grids, text, tmask = make_batch([(2, 3)], [4])
+    out = head(vision, vmask, grids, text, tmask)
+    assert not out.token_boxes.requires_grad

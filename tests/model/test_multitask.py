@@ -296,3 +296,21 @@ def test_whole_model_overfits_a_handful_of_images(processor, vocab, tmp_path) ->
     assert last["loss"] < first["loss"] / 5
     for name in ("teacher_lm", "student_lm", "l1", "giou", "objectness", "caption"):
         assert last[name] < first[name] / 2, name
+
+
+def test_token_boxes_add_one_to_many_box_losses_on_the_token_stage(processor, vocab, samples) -> None:
+    model = make_model(vocab, token_boxes=True)
+    batch = PackedDataCollator()(samples)
+    captions = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])
+    output = model(batch)
+    one = MultiTaskLoss(LossWeights(), captions=captions, token_matches=1)(model, output, batch)
+    three = MultiTaskLoss(LossWeights(), captions=captions, token_matches=3)(model, output, batch)
+    for key in ("l1_token", "giou_token", "objectness_token"):
+        assert key in one.losses and torch.isfinite(one.losses[key])
+    # Three tokens per target: the per-target mean box loss over more (worse) tokens differs.
+    assert float(three.losses["l1_token"]) != float(one.losses["l1_token"])
+    three.total.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "token_box_head" in n]
+    assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads[-2:])
+    with pytest.raises(ValueError, match="token_matches"):
+        MultiTaskLoss(LossWeights(), token_matches=0)
