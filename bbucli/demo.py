@@ -132,6 +132,7 @@ def run_demo(
     n_images: int = 24,
     seed: int = 0,
     image_size: tuple[int, int] | None = None,
+    defect_rate: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     val_ratio: float = 0.2,
     config: str | Path | None = None,
@@ -145,7 +146,8 @@ def run_demo(
     n_images / image_size (w, h) / seed: the generated set (seed also seeds the split and the
     model); max_pixels: the smart_resize bound of convert and the model (model.max_pixels);
     config: the training YAML (default: configs/tiny.yaml); overrides: `key=value`s applied after
-    the demo's own (data paths, output_dir, max_steps, seed), so they win.
+    the demo's own (data paths, output_dir, max_steps, seed), so they win. defect_rate: in [0, 1],
+    the generated set's probability of the defect state per part (None: each part's own rate).
     Raises UsageError for impossible arguments or a non-empty out_dir, and what the stages raise.
     """
     started = time.perf_counter()
@@ -159,7 +161,7 @@ def run_demo(
         raw_dir, generated = out_dir / "raw", True
         size = {"size": image_size} if image_size is not None else {}
         generate_raw_set(
-            raw_dir, n_images, seed=seed, **size,
+            raw_dir, n_images, seed=seed, **size, defect_rate=defect_rate,
             progress=lambda done, total: report(DemoProgress("generate", done, total)),
         )  # fmt: skip
 

@@ -35,6 +35,14 @@ EXPECTED_LABELS = {
     "标签/不匹配": "label/label_false",
 }
 SMALL = {"n_images": 9, "seed": 0, "size": (360, 480), "exif_rotated_every": 3}
+# English code paths of the parts that have a defect state: intact state -> defect state.
+DEFECT_OF = {
+    "connection_point/install_screw/install_screw_true": "connection_point/install_screw/install_screw_false",
+    "connection_point/cpri_connection/cpri_connection_true": "connection_point/cpri_connection/cpri_connection_false",
+    "connection_point/floor_screw/floor_screw_true": "connection_point/floor_screw/floor_screw_false",
+    "label/label_true": "label/label_false",
+    "bbu_sheild/install": "bbu_sheild/non_install",
+}
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +139,46 @@ def test_progress_and_argument_errors(tmp_path):
         generate_raw_set(tmp_path, -1)
     with pytest.raises(UsageError):
         generate_raw_set(tmp_path, 1, size=(100, 100))
+
+
+def _defect_share(paths: list[Path]) -> float:
+    """Share of defect states among the objects of the parts that have one."""
+    labels = []
+    for path in paths:
+        record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        labels += [f["properties"]["content"]["label"] for f in record["markResult"]["features"]]
+    capable = [en for en in labels if en in DEFECT_OF or en in DEFECT_OF.values()]
+    assert len(capable) > 100  # enough objects for the shares below to mean something
+    return sum(en in DEFECT_OF.values() for en in capable) / len(capable)
+
+
+def test_default_defect_rate_keeps_the_set_byte_identical(small_set, tmp_path):
+    generate_raw_set(tmp_path, **SMALL, defect_rate=None)
+    assert _files(tmp_path) == _files(small_set[0].parent)
+
+
+def test_explicit_default_defect_rate_reproduces_the_committed_sample(tmp_path):
+    """The first two committed photos (a missing shield, a loose screw) with defect_rate=None."""
+    committed = sorted((EXAMPLES / "raw").glob("*.json"))[:2]
+    paths = generate_raw_set(tmp_path, 2, seed=0, size=(1440, 1920), defect_rate=None)
+    assert [p.with_suffix(".json").name for p in paths] == [p.name for p in committed]
+    for path, kept in zip(paths, committed, strict=True):
+        assert path.with_suffix(".json").read_bytes() == kept.read_bytes()
+
+
+def test_defect_rate_balances_the_defect_states(tmp_path):
+    small = {"n_images": 20, "seed": 0, "size": (256, 256)}
+    assert _defect_share(generate_raw_set(tmp_path / "default", **small)) < 0.15
+    assert _defect_share(generate_raw_set(tmp_path / "half", **small, defect_rate=0.5)) > 0.3
+    assert _defect_share(generate_raw_set(tmp_path / "none", **small, defect_rate=0.0)) == 0.0
+    assert _defect_share(generate_raw_set(tmp_path / "all", **small, defect_rate=1.0)) == 1.0
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+def test_defect_rate_outside_0_1_is_a_usage_error(tmp_path, rate):
+    with pytest.raises(UsageError, match=r"defect_rate must be in \[0, 1\]"):
+        generate_raw_set(tmp_path, 1, size=(256, 256), defect_rate=rate)
+    assert not any(tmp_path.iterdir())
 
 
 def _documented_args() -> list[str]:

@@ -3,8 +3,9 @@
 `Canvas` holds the upright RGB image being drawn, a per-region texture field added at the end,
 cables queued to be drawn over everything, and the objects annotated so far. `Canvas.add` turns an
 inclusive integer pixel box into float continuous coordinates (a shape filling columns a..b spans
-[a, b+1)) with sub-pixel annotator jitter. `LABELS` maps every object key the generator uses to its
-real Chinese label path and English code path, typos of the source data included.
+[a, b+1)) with sub-pixel annotator jitter; `Canvas.defect` decides whether a part is drawn in its
+defect state. `LABELS` maps every object key the generator uses to its real Chinese label path and
+English code path, typos of the source data included.
 """
 
 from __future__ import annotations
@@ -76,15 +77,28 @@ def curve(p0, p1, p2, p3, n=28):
 
 
 class Canvas:
-    """The upright image being drawn, its texture field, queued cables, objects annotated so far."""
+    """The upright image being drawn, its texture field, queued cables, objects annotated so far.
 
-    def __init__(self, width: int, height: int, rng: np.random.Generator) -> None:
+    defect_rate: the probability of the defect state (loose screw, half-inserted plug, mismatched
+    label, missing shield) for every part that has one; None keeps each part's own rate.
+    """
+
+    def __init__(
+        self, width: int, height: int, rng: np.random.Generator, defect_rate: float | None = None
+    ) -> None:
         self.w, self.h, self.rng = width, height, rng
+        self.defect_rate = defect_rate
         self.img = Image.new("RGB", (width, height))
         self.draw = ImageDraw.Draw(self.img)
         self.texture = np.zeros((height, width), np.float32)
         self.objects: list[SyntheticObject] = []
         self.late: list[tuple[list, tuple, int]] = []
+
+    def defect(self, default_p: float) -> bool:
+        """Draw this part in its defect state? One `rng.random()` draw, true with probability
+        `defect_rate`, or `default_p` (the part's own rate) when `defect_rate` is None."""
+        p = default_p if self.defect_rate is None else self.defect_rate
+        return bool(self.rng.random() < p)
 
     def box(self, xyxy, fill, outline=None, width=1):
         """Fill an inclusive integer pixel rectangle; returns it as ints."""

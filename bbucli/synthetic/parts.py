@@ -4,7 +4,8 @@ Each `draw_*` function draws one piece of equipment on a `Canvas` and annotates 
 with boxes tight around what it drew. Sizes are in rack units `u` (pixels per unit, about W/11): a
 BBU is 2.2u tall, a shield 1u, an install screw 0.62u across (>= 10 px once a 1440-wide photo is
 shrunk to 224 px). A small share of objects is drawn in a defect state (a loose rusty screw, a
-half-inserted plug) and labelled with the `..._false` state and `question` codes.
+half-inserted plug) and labelled with the `..._false` state and `question` codes; each part has its
+own rate of it, which `Canvas.defect_rate` replaces when set.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def _install_screw(s: Canvas, cx, cy, u) -> None:
     if roll < 0.1:  # empty hole: a missing screw is not a screw object
         s.disc(cx, cy, 0.13 * u, (25, 25, 28), outline=(90, 90, 95), width=2)
         return
-    bad = roll > 0.95
+    # Same roll: the empty-hole share stays 0.1 and a screw present is bad with probability
+    # defect_rate (the top 0.9 * defect_rate of the roll); by default 5% of all holes.
+    bad = roll > 0.95 if s.defect_rate is None else roll >= 1.0 - 0.9 * s.defect_rate
     if bad:  # loose: head shifted off its washer shadow, rusty
         shadow = s.disc(cx + 0.05 * u, cy + 0.05 * u, r, (30, 25, 22))
         px = s.disc(
@@ -153,7 +156,7 @@ def _cpri_row(s: Canvas, x0, x1, y0, u, n_plugged: int, fibre_x: float) -> None:
         )
         if k not in plugged:
             continue
-        bad = rng.random() < 0.04
+        bad = s.defect(0.04)
         drop = 0.14 * u if bad else 0.0
         body = (225, 215, 188) if rng.random() < 0.5 else (45, 110, 200)
         s.box(
@@ -221,7 +224,7 @@ def draw_bbu(s: Canvas, rx0, rx1, y, u, n_cpri: int) -> None:
             _install_screw(s, ecx, ecy, u)
     _brand_plate(s, bx0 + 0.25 * u, y + 0.3 * u, u, brand)
     if rng.random() < 0.35:
-        draw_label_sticker(s, bx0 + 0.3 * u, y + 1.35 * u, u, match=rng.random() > 0.25)
+        draw_label_sticker(s, bx0 + 0.3 * u, y + 1.35 * u, u, match=not s.defect(0.25))
     gx0, gx1 = bx0 + 1.8 * u, bx1 - 1.3 * u
     face = tuple(int(c * 0.8) for c in base)
     cpri_col = int(rng.integers(2))
@@ -330,7 +333,7 @@ def draw_odf(s: Canvas, x0, x1, y, u, n_plugged: int, label: bool) -> None:
             question=["bend_is_true"] if rng.random() < 0.2 else None,
         )
     if label:
-        draw_label_sticker(s, max(x0, 0) + 0.1 * u, y + 0.45 * u, u, match=rng.random() > 0.25)
+        draw_label_sticker(s, max(x0, 0) + 0.1 * u, y + 0.45 * u, u, match=not s.defect(0.25))
 
 
 def draw_ground_bar(s: Canvas, x0, x1, y, u, n_screws: int) -> None:
@@ -357,7 +360,7 @@ def draw_ground_bar(s: Canvas, x0, x1, y, u, n_screws: int) -> None:
             fill=(60, 160, 50),
             width=max(3, int(0.13 * u)),
         )
-        bad = rng.random() < 0.06
+        bad = s.defect(0.06)
         px = s.disc(
             cx,
             cy,

@@ -56,14 +56,18 @@ def generate_raw_set(
     size: tuple[int, int] = (1440, 1920),
     exif_rotated_every: int = 6,
     jpeg_quality: int = 85,
+    defect_rate: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Write `n_images` synthetic photos with vendor JSON annotations into `out_dir`.
 
     size: (width, height) of the EXIF-upright frame, in pixels; `info` and every box use this frame.
     exif_rotated_every: every k-th image (k-1, 2k-1, ...) is stored rotated with an EXIF
-    Orientation tag; 0 stores all upright. progress: called as `progress(done, total)` after each
-    image. Returns the image paths in generation order; `<stem>.json` lies beside each.
+    Orientation tag; 0 stores all upright. defect_rate: in [0, 1], the probability of the defect
+    state (a loose screw or plug, a mismatched label, a missing wind shield) for every part that has
+    one, to balance the defect classes; None keeps each part's own rate (4-25%) and the set
+    byte-identical to one made before this option. progress: called as `progress(done, total)`
+    after each image. Returns the image paths in generation order; `<stem>.json` lies beside each.
     Raises `UsageError` for impossible arguments.
     """
     width, height = (int(v) for v in size)
@@ -78,13 +82,19 @@ def generate_raw_set(
         )
     if not 1 <= jpeg_quality <= 100:
         raise UsageError(f"jpeg_quality must be in 1..100, got {jpeg_quality}", hint="try 85")
+    if defect_rate is not None and not 0.0 <= defect_rate <= 1.0:
+        raise UsageError(
+            f"defect_rate must be in [0, 1], got {defect_rate}",
+            hint="0.5 draws half of the defect-capable parts in their defect state; omit it for "
+            "each part's own rate",
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = _stems(seed, n_images)
     paths: list[Path] = []
     for index, stem in enumerate(stems):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-        upright, objects = render_scene(width, height, rng)
+        upright, objects = render_scene(width, height, rng, defect_rate)
         orientation = orientation_for_index(index, exif_rotated_every)
         image_path = out_dir / f"{stem}.jpeg"
         _save_jpeg(upright, image_path, orientation, jpeg_quality)

@@ -99,12 +99,12 @@ def _cabinet_view(s: Canvas) -> None:
         else:
             yy = y
             for _ in range(n_bbu):
-                draw_shield(s, rx0, rx1, yy, u, installed=rng.random() > 0.25)
+                draw_shield(s, rx0, rx1, yy, u, installed=not s.defect(0.25))
                 draw_bbu(
                     s, rx0, rx1, yy + u, u, int(rng.choice([1, 2, 3, 4], p=[0.2, 0.3, 0.3, 0.2]))
                 )
                 yy += 3.2 * u
-            draw_shield(s, rx0, rx1, yy, u, installed=rng.random() > 0.25)
+            draw_shield(s, rx0, rx1, yy, u, installed=not s.defect(0.25))
         y += size * u
 
 
@@ -140,7 +140,7 @@ def _closeup_view(s: Canvas, kind: str) -> None:
         )
         if rng.random() < 0.3:
             draw_label_sticker(
-                s, rng.uniform(0.5, 2.0) * u, y + 1.4 * u, u, match=rng.random() > 0.25
+                s, rng.uniform(0.5, 2.0) * u, y + 1.4 * u, u, match=not s.defect(0.25)
             )
 
 
@@ -161,10 +161,14 @@ def _finish(s: Canvas) -> Image.Image:
 
 
 def render_scene(
-    width: int, height: int, rng: np.random.Generator
+    width: int, height: int, rng: np.random.Generator, defect_rate: float | None = None
 ) -> tuple[Image.Image, list[SyntheticObject]]:
-    """Draw one upright `width` x `height` px scene; returns the image and its objects."""
-    s = Canvas(width, height, rng)
+    """Draw one upright `width` x `height` px scene; returns the image and its objects.
+
+    defect_rate: in [0, 1], the probability of the defect state for every part that has one; None
+    keeps each part's own rate (see `Canvas`).
+    """
+    s = Canvas(width, height, rng, defect_rate)
     s.box((0, 0, width, height), jit(rng, (196, 190, 178), 20))
     s.tex((0, 0, width, height), 10, cells=(6, 5))
     view = rng.choice(["cabinet", "ground", "odf"], p=[0.64, 0.18, 0.18])
