@@ -1,16 +1,23 @@
 """`bbu demo` as a library: the whole loop on the embedded default, in one folder.
 
-`run_demo(out_dir, ...)` takes the example raw set (`examples/raw` of a clone) or generates a
-synthetic one into out_dir/raw, converts it into out_dir/data/bbu.jsonl, inspects it, trains
-`configs/tiny.yaml` into out_dir/run with overrides pointing it at that data, evaluates the final
-checkpoint's detection head on the val split into out_dir/eval, writes out_dir/demo.json and
-returns a `DemoResult`. Progress goes through an optional callback as `DemoProgress` events; the
-library prints nothing.
+`run_demo(out_dir, ...)` generates a synthetic raw set into out_dir/raw (or takes `examples/raw` of a
+clone), converts it into out_dir/data/bbu.jsonl, inspects it, trains `configs/tiny.yaml` with the
+demo's settings (`DEMO_OVERRIDES`, then the caller's overrides) into out_dir/run, evaluates the
+final checkpoint on the val split into out_dir/eval (the detection head on every image, the
+generated answers on the first `lm_images`), writes out_dir/demo.json and returns a `DemoResult`.
+Progress goes through an optional callback as `DemoProgress` events; the library prints nothing.
 
-A time budget (`minutes`) becomes `train.max_steps`: one batch is timed through the training dry
-run, and the steps that fit in the budget's training share are planned from it. No callback stops
-the Trainer, so the run is reproducible from its seed whatever the machine's speed: the same
-`max_steps` gives the same run.
+The default length is a fixed step count (`DEFAULT_STEPS`), so the default demo is the same run on
+every machine: same seed, same data, same steps, same numbers (up to floating-point reduction
+order across CPU kinds). A time budget (`minutes`) is turned into steps instead: one batch is timed
+through the training dry run, and the steps that fit in the budget's training share are planned
+from it.
+
+The demo's defaults were tuned on a 2-core CPU (benchmarks/learning.py draws the curve): 224x308
+images (88 vision tokens), padded batches of 8 students grouped by length, no teachers in the
+prompt (they would double every step), two-stage token boxes, at most 128 answer tokens in the LM
+loss per step (the 151k-vocabulary output layer is otherwise most of a CPU step), and a synthetic
+set with defects drawn often enough (`DEMO_DEFECT_RATE`) that every class has val instances to score.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from typing import TYPE_CHECKING
 
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset, output_paths
 from bbucli.errors import ConfigError, UsageError
-from bbucli.geometry import DEFAULT_MAX_PIXELS
 from bbucli.synthetic import generate_raw_set
 
 if TYPE_CHECKING:
@@ -35,11 +41,26 @@ if TYPE_CHECKING:
     from bbucli.train.callbacks import TrainProgress
     from bbucli.train.run import TrainResult
 
-DEFAULT_MINUTES = 10.0
+DEFAULT_STEPS = 600
+DEMO_IMAGES = 300
+DEMO_IMAGE_SIZE = (672, 924)  # generated photos; converted down to 224x308
+DEMO_MAX_PIXELS = 8 * 11 * 28 * 28  # 224x308: an 8x11 merged grid, 88 vision tokens
+DEMO_DEFECT_RATE = 0.3
+DEMO_LM_IMAGES = 8  # val images whose answers are generated (about 3-5 s each on 2 CPU cores)
+DEMO_MAX_NEW_TOKENS = 1024
+#: What the demo changes in configs/tiny.yaml; the caller's overrides come after and win.
+DEMO_OVERRIDES = (
+    "data.num_teachers=0", "data.packing=false", "data.batch_size=8", "data.group_by_length=true",
+    "detection.token_boxes=true", "loss.token_matches=1", "loss.lm_max_tokens=128",
+    "optim.lrs.vision=1e-3", "optim.lrs.merger=2e-3", "optim.lrs.llm=2e-3",
+    "optim.lrs.detection=2e-3", "optim.lrs.adapter=2e-3",
+    "train.optim=adamw_torch_fused", "train.num_train_epochs=1000", "train.logging_steps=10",
+    "train.eval_strategy=no", "train.save_strategy=no", "train.load_best_model_at_end=false",
+)  # fmt: skip
 # Share of a time budget spent in optimizer steps; the rest goes to building the model, the dry
 # run timing one batch, the optimizer update the dry run leaves out, saving and evaluating.
 TRAIN_SHARE = 0.7
-STAGES = ("generate", "convert", "inspect", "time", "train", "eval")
+STAGES = ("generate", "convert", "inspect", "time", "train", "eval", "answers")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -65,7 +86,9 @@ class DemoResult:
     checkpoint: the final checkpoint evaluated; eval_dir: metrics.json, per-class CSV, PNGs;
     max_steps: the steps trained (planned from `minutes` when `planned_from_s` is set: the
     seconds of one timed batch); ap50 / ap: COCO AP at IoU 0.5 and 0.5:0.95 of the head on the
-    val split (None: undefined, e.g. no ground-truth boxes); first_loss / last_loss: the first
+    val split (None: undefined, e.g. no ground-truth boxes); lm_images / lm_parsed / lm_ap50: the
+    val images whose answers were generated, how many parsed as a complete grounding answer, and
+    their AP50 (None without answers); first_loss / last_loss: the first
     and last logged training loss; look_next: (what, path) of the artefacts worth opening next.
     """
 
@@ -80,6 +103,9 @@ class DemoResult:
     planned_from_s: float | None
     ap50: float | None
     ap: float | None
+    lm_images: int
+    lm_parsed: int
+    lm_ap50: float | None
     first_loss: float | None
     last_loss: float | None
     seconds: float
@@ -96,6 +122,7 @@ class DemoResult:
             "data": str(self.data), "run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint),
             "eval_dir": str(self.eval_dir), "max_steps": self.max_steps,
             "planned_from_s": self.planned_from_s, "AP50": self.ap50, "AP": self.ap,
+            "lm_images": self.lm_images, "lm_parsed": self.lm_parsed, "lm_AP50": self.lm_ap50,
             "first_loss": self.first_loss, "last_loss": self.last_loss, "seconds": round(self.seconds, 1),
             "look_next": {what: str(path) for what, path in self.look_next},
         }  # fmt: skip
@@ -128,32 +155,37 @@ def run_demo(
     *,
     minutes: float | None = None,
     max_steps: int | None = None,
-    use_examples: bool = True,
-    n_images: int = 24,
+    use_examples: bool = False,
+    n_images: int = DEMO_IMAGES,
     seed: int = 0,
-    image_size: tuple[int, int] | None = None,
-    defect_rate: float | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    image_size: tuple[int, int] | None = DEMO_IMAGE_SIZE,
+    defect_rate: float | None = DEMO_DEFECT_RATE,
+    max_pixels: int = DEMO_MAX_PIXELS,
     val_ratio: float = 0.2,
+    lm_images: int = DEMO_LM_IMAGES,
+    lm_max_new_tokens: int = DEMO_MAX_NEW_TOKENS,
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
     progress: Callable[[DemoProgress], None] | None = None,
 ) -> DemoResult:
     """Generate or take the raw set, convert, inspect, train and evaluate (module doc).
 
-    minutes / max_steps: the training length, one or the other (neither: DEFAULT_MINUTES);
-    use_examples: convert examples/raw when the clone has it (else a set is generated);
+    minutes / max_steps: the training length, one or the other (neither: DEFAULT_STEPS steps);
+    use_examples: convert examples/raw when the clone has it (16 photos: the loop runs, but too
+    few to learn from; else a set is generated);
     n_images / image_size (w, h) / seed: the generated set (seed also seeds the split and the
     model); max_pixels: the smart_resize bound of convert and the model (model.max_pixels);
     config: the training YAML (default: configs/tiny.yaml); overrides: `key=value`s applied after
-    the demo's own (data paths, output_dir, max_steps, seed), so they win. defect_rate: in [0, 1],
-    the generated set's probability of the defect state per part (None: each part's own rate).
+    the demo's own (DEMO_OVERRIDES, data paths, output_dir, max_steps, seed), so they win.
+    defect_rate: in [0, 1], the generated set's probability of the defect state per part (None:
+    each part's own rate); lm_images: val images whose answers are generated and parsed (0: none),
+    at most lm_max_new_tokens tokens each.
     Raises UsageError for impossible arguments or a non-empty out_dir, and what the stages raise.
     """
     started = time.perf_counter()
     report = progress or (lambda event: None)
     out_dir = Path(out_dir).expanduser().absolute()
-    _check_arguments(out_dir, minutes, max_steps, n_images)
+    _check_arguments(out_dir, minutes, max_steps, n_images, lm_images)
     config_path = Path(config) if config is not None else find_tiny_config()
 
     raw_dir, generated = find_examples() if use_examples else None, False
@@ -179,7 +211,7 @@ def run_demo(
 
     run_dir = out_dir / "run"
     ours = [
-        f"data.train={paths['train']}", f"data.val={paths['val']}", f"data.teachers={paths['teachers']}",
+        *DEMO_OVERRIDES, f"data.train={paths['train']}", f"data.val={paths['val']}", f"data.teachers={paths['teachers']}",
         f"train.output_dir={run_dir}", f"model.max_pixels={max_pixels}", f"model.seed={seed}",
     ]  # fmt: skip
     cfg = load_config(config_path, [*ours, *overrides])
@@ -196,10 +228,12 @@ def run_demo(
     from bbucli.train.run import run_training
 
     planned_from = None
-    if max_steps is None:
+    if max_steps is None and minutes is None:
+        max_steps = DEFAULT_STEPS
+    elif max_steps is None:
         report(DemoProgress("time", 0, 1))
         planned_from = run_training(cfg, dry_run=True).dry_run.seconds
-        max_steps = steps_for_budget(minutes if minutes is not None else DEFAULT_MINUTES, planned_from)
+        max_steps = steps_for_budget(minutes, planned_from)
         report(DemoProgress("time", 1, 1))
     cfg = load_config(config_path, [*ours, f"train.max_steps={max_steps}", *overrides])
     trained = run_training(
@@ -217,11 +251,25 @@ def run_demo(
     )  # fmt: skip
     head = evaluated.sources[0]
     coco = head.result.coco
+    lm = None
+    if lm_images:
+        subset = paths["val"].with_name(f"bbu.val.first{lm_images}.jsonl")
+        lines = [line for line in paths["val"].read_text(encoding="utf-8").splitlines() if line.strip()]
+        subset.write_text("".join(f"{line}\n" for line in lines[:lm_images]), encoding="utf-8")
+        lm = evaluate_checkpoint(
+            trained.final_checkpoint, subset, eval_dir / "lm", sources=("lm",),
+            max_new_tokens=lm_max_new_tokens, batch_size=lm_images,
+            progress=lambda stage, done, total: report(DemoProgress("answers", done, total, stage)),
+        ).sources[0]  # fmt: skip
+    lm_counts = lm.result.counts if lm is not None else {}
     losses = trained.losses
     result = DemoResult(
         out_dir=out_dir, raw_dir=raw_dir, generated=generated, data=paths["train"], run_dir=run_dir,
         checkpoint=trained.final_checkpoint, eval_dir=eval_dir, max_steps=max_steps,
         planned_from_s=planned_from, ap50=coco.get("AP50"), ap=coco.get("AP"),
+        lm_images=int(lm_counts.get("images", 0)),
+        lm_parsed=int(lm_counts.get("images", 0)) - int(lm_counts.get("unparseable", 0)),
+        lm_ap50=lm.result.coco.get("AP50") if lm is not None else None,
         first_loss=losses[0][1] if losses else None, last_loss=losses[-1][1] if losses else None,
         seconds=time.perf_counter() - started, convert=converted, summary=summary, train=trained,
         eval=evaluated, look_next=_look_next(paths, run_dir, trained.final_checkpoint, head.written),
@@ -230,8 +278,12 @@ def run_demo(
     return result
 
 
-def _check_arguments(out_dir: Path, minutes: float | None, max_steps: int | None, n_images: int) -> None:
+def _check_arguments(
+    out_dir: Path, minutes: float | None, max_steps: int | None, n_images: int, lm_images: int
+) -> None:
     problems = []
+    if lm_images < 0:
+        problems.append(f"lm_images must be >= 0, got {lm_images}")
     if minutes is not None and max_steps is not None:
         problems.append("give a time budget (--minutes) or a step count (--steps), not both")
     if minutes is not None and minutes <= 0:

@@ -40,7 +40,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     return run_demo(
         out, max_steps=STEPS, use_examples=False, n_images=6, seed=0, image_size=(448, 616),
-        max_pixels=MAX_PIXELS, val_ratio=0.34, overrides=SHORT,
+        max_pixels=MAX_PIXELS, val_ratio=0.34, overrides=SHORT, lm_images=1, lm_max_new_tokens=24,
     )  # fmt: skip
 
 
@@ -56,6 +56,12 @@ def test_demo_writes_every_artefact(demo):
     assert demo.summary.episodes > 0 and demo.train.global_step == STEPS
     saved = json.loads((demo.out_dir / "demo.json").read_text(encoding="utf-8"))
     assert saved["max_steps"] == STEPS and saved["checkpoint"] == str(demo.checkpoint)
+    # The demo's own settings reached the run, and the generated answers were scored.
+    resolved = (demo.run_dir / "config.yaml").read_text(encoding="utf-8")
+    assert "token_boxes: true" in resolved and "num_teachers: 0" in resolved
+    assert demo.lm_images == 1 and 0 <= demo.lm_parsed <= 1 and saved["lm_images"] == 1
+    lines = (demo.eval_dir / "lm" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 and "raw" in json.loads(lines[0])
 
 
 def test_demo_metrics_are_numbers_and_loss_falls(demo):
