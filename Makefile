@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/bbu convert examples/raw $(DEMO_OUT)/data.jsonl --val-ratio 0.25
+	$(BIN)/bbu demo --out $(DEMO_OUT)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

@@ -219,6 +219,7 @@ def run_demo(
     inspect_options = InspectOptions(
         model="tiny" if cfg.model.path == "tiny" else str(cfg.model.path), lang=cfg.data.lang,
         max_tokens=cfg.data.max_tokens, batch_tokens=cfg.data.max_tokens_per_batch,
+        batch_size=cfg.data.batch_size, prompt_classes=cfg.data.prompt_classes,
     )  # fmt: skip
     summary = summarize(
         paths["train"], inspect_options,

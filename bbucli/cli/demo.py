@@ -106,8 +106,8 @@ def _look_next(result: DemoResult) -> Table:
 @handle_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for every artefact (new or empty).")] = Path("runs/demo"),
-    minutes: Annotated[float | None, typer.Option("--minutes", help="Time budget of the training, turned into steps (default 10).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Training steps (instead of --minutes).")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Time budget of the training instead of --steps, turned into steps by timing one batch.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 600: the same run on every machine).")] = None,
     examples: Annotated[bool, typer.Option("--examples", help="Convert the 16 photos of examples/raw instead of generating 300.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated set, the split and the model.")] = 0,
 ) -> None:

@@ -32,7 +32,8 @@ class InspectOptions:
     pixel limits); lang: language of the system prompt and instruction; max_tokens: per-sample
     budget as in training (`data.max_tokens`, None: no budget); batch_tokens: capacity of a packed
     bin (`data.max_tokens_per_batch`); batch_size: B of the padded batches compared with it;
-    taxonomy: the YAML whose classes the system prompt lists (None: the built-in one)."""
+    taxonomy: the YAML whose classes the system prompt lists (None: the built-in one);
+    prompt_classes: list them (`data.prompt_classes`)."""
 
     model: str = "tiny"
     lang: Literal["zh", "en"] = "zh"
@@ -40,6 +41,7 @@ class InspectOptions:
     batch_tokens: int = 8192
     batch_size: int = 4
     taxonomy: Path | None = None
+    prompt_classes: bool = True
 
     def check(self) -> None:
         """UsageError listing every invalid option."""
@@ -83,7 +85,9 @@ def chat_processor(options: InspectOptions, *, budget: bool = True) -> ChatProce
     """The ChatProcessor training would use for these options; budget=False: no `max_tokens`."""
     options.check()
     taxonomy = Taxonomy.load(options.taxonomy)
-    prompts = build_prompts(taxonomy.descs(options.lang), options.lang)
+    prompts = build_prompts(
+        taxonomy.descs(options.lang), options.lang, list_classes=options.prompt_classes
+    )
     return ChatProcessor(
         vl_processor(str(options.model)),
         system_prompt=prompts.system,

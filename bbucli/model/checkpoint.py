@@ -101,7 +101,7 @@ class Checkpoint:
             configured = data.get("taxonomy")
             taxonomy_file = Path(configured) if configured and Path(configured).is_file() else None
         taxonomy = Taxonomy.load(taxonomy_file)
-        return build_prompts(taxonomy.descs(lang), lang)
+        return build_prompts(taxonomy.descs(lang), lang, list_classes=bool(data.get("prompt_classes", True)))
 
 
 def is_checkpoint(path: str | Path) -> bool:

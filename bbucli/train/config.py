@@ -116,6 +116,11 @@ class DataSection(_Section):
     lang: Literal["zh", "en"] = Field(
         "zh", description="language of the prompts and class descs; match `bbu convert --lang`"
     )
+    prompt_classes: Bool = Field(
+        True,
+        description="list the taxonomy's classes in the system prompt (~430 tokens for the "
+        "built-in 22); false: task and answer format only (~60 tokens)",
+    )
     max_tokens: Int = Field(
         4096,
         ge=1,

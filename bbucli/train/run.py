@@ -237,7 +237,7 @@ def _build(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> 
     taxonomy_file = data.taxonomy or default_path()
     taxonomy = Taxonomy.load(taxonomy_file)
     taxonomy_yaml = Path(taxonomy_file).read_text(encoding="utf-8")
-    prompts = build_prompts(taxonomy.descs(data.lang), data.lang)
+    prompts = build_prompts(taxonomy.descs(data.lang), data.lang, list_classes=data.prompt_classes)
     chat = ChatProcessor(
         processor, system_prompt=prompts.system, instruction=prompts.instruction,
         max_tokens=data.max_tokens, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,

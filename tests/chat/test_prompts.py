@@ -35,3 +35,12 @@ def test_bad_arguments() -> None:
         system_prompt(CLASSES, "fr")
     with pytest.raises(ValueError, match="at least one"):
         system_prompt([], "en")
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_the_prompt_without_the_class_list_keeps_the_task_and_format(lang):
+    listed = system_prompt(["a/b/c", "d/e/f"], lang)
+    short = system_prompt([], lang, list_classes=False)
+    assert "a/b/c" in listed and "a/b/c" not in short and len(short) < len(listed)
+    assert '"bbox_2d": [x1, y1, x2, y2]' in short and ("类别：" not in short and "Classes:" not in short)
+    assert build_prompts(["x/y"], lang, list_classes=False).system == short
