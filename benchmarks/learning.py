@@ -43,7 +43,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bbucli.demo import DEFAULT_MINUTES, DemoProgress, DemoResult, run_demo
+from bbucli.demo import DemoProgress, DemoResult, run_demo
 from bbucli.evaluation.plots import font
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,7 +279,7 @@ def main() -> None:
 
     info = machine()
     seed = args.seed if args.seed is not None else inspect.signature(run_demo).parameters["seed"].default
-    minutes = args.minutes if args.minutes is not None else (DEFAULT_MINUTES if args.steps is None else None)
+    minutes = args.minutes  # None: the demo planned no time budget (a step count)
     print()
     print(render_table(rows))
     print(f"\n{result.max_steps} steps, seed {seed}, demo {result.seconds / 60:.1f} min in all "
