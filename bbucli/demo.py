@@ -15,8 +15,10 @@ from it.
 
 The demo's defaults were tuned on a 2-core CPU (benchmarks/learning.py draws the curve): 224x308
 images (88 vision tokens), padded batches of 8 students grouped by length, no teachers in the
-prompt (they would double every step), two-stage token boxes, at most 128 answer tokens in the LM
-loss per step (the 151k-vocabulary output layer is otherwise most of a CPU step), and a synthetic
+prompt (they would double every step), a system prompt without the class list (~60 tokens instead
+of ~430), two-stage token boxes starting 0.6 cells wide (most objects are 12-20 px), at most 128
+answer tokens in the LM loss per step (the 151k-vocabulary output layer is otherwise most of a CPU
+step), and a synthetic
 set with defects drawn often enough (`DEMO_DEFECT_RATE`) that every class has val instances to score.
 """
 
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from bbucli.train.callbacks import TrainProgress
     from bbucli.train.run import TrainResult
 
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 750
 DEMO_IMAGES = 300
 DEMO_IMAGE_SIZE = (672, 924)  # generated photos; converted down to 224x308
 DEMO_MAX_PIXELS = 8 * 11 * 28 * 28  # 224x308: an 8x11 merged grid, 88 vision tokens
@@ -51,7 +53,8 @@ DEMO_MAX_NEW_TOKENS = 1024
 #: What the demo changes in configs/tiny.yaml; the caller's overrides come after and win.
 DEMO_OVERRIDES = (
     "data.num_teachers=0", "data.packing=false", "data.batch_size=8", "data.group_by_length=true",
-    "detection.token_boxes=true", "loss.token_matches=1", "loss.lm_max_tokens=128",
+    "data.prompt_classes=false", "detection.token_boxes=true", "detection.ref_cells=0.6",
+    "loss.token_matches=1", "loss.lm_max_tokens=128",
     "optim.lrs.vision=1e-3", "optim.lrs.merger=2e-3", "optim.lrs.llm=2e-3",
     "optim.lrs.detection=2e-3", "optim.lrs.adapter=2e-3",
     "train.optim=adamw_torch_fused", "train.num_train_epochs=1000", "train.logging_steps=10",
