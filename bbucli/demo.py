@@ -48,6 +48,7 @@ DEMO_IMAGES = 300
 DEMO_IMAGE_SIZE = (672, 924)  # generated photos; converted down to 224x308
 DEMO_MAX_PIXELS = 8 * 11 * 28 * 28  # 224x308: an 8x11 merged grid, 88 vision tokens
 DEMO_DEFECT_RATE = 0.3
+DEMO_ZOOM = 1.0  # > 1: closer photos, objects that many times bigger (generate_raw_set)
 DEMO_LM_IMAGES = 8  # val images whose answers are generated (about 3-5 s each on 2 CPU cores)
 DEMO_MAX_NEW_TOKENS = 1024
 #: What the demo changes in configs/tiny.yaml; the caller's overrides come after and win.
@@ -163,6 +164,7 @@ def run_demo(
     seed: int = 0,
     image_size: tuple[int, int] | None = DEMO_IMAGE_SIZE,
     defect_rate: float | None = DEMO_DEFECT_RATE,
+    zoom: float = DEMO_ZOOM,
     max_pixels: int = DEMO_MAX_PIXELS,
     val_ratio: float = 0.2,
     lm_images: int = DEMO_LM_IMAGES,
@@ -181,7 +183,7 @@ def run_demo(
     config: the training YAML (default: configs/tiny.yaml); overrides: `key=value`s applied after
     the demo's own (DEMO_OVERRIDES, data paths, output_dir, max_steps, seed), so they win.
     defect_rate: in [0, 1], the generated set's probability of the defect state per part (None:
-    each part's own rate); lm_images: val images whose answers are generated and parsed (0: none),
+    each part's own rate); zoom: closer generated photos (generate_raw_set); lm_images: val images whose answers are generated and parsed (0: none),
     at most lm_max_new_tokens tokens each.
     Raises UsageError for impossible arguments or a non-empty out_dir, and what the stages raise.
     """
@@ -196,7 +198,7 @@ def run_demo(
         raw_dir, generated = out_dir / "raw", True
         size = {"size": image_size} if image_size is not None else {}
         generate_raw_set(
-            raw_dir, n_images, seed=seed, **size, defect_rate=defect_rate,
+            raw_dir, n_images, seed=seed, **size, defect_rate=defect_rate, zoom=zoom,
             progress=lambda done, total: report(DemoProgress("generate", done, total)),
         )  # fmt: skip
 

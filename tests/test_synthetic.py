@@ -219,3 +219,22 @@ def test_committed_sample_is_reproducible_by_the_documented_command(tmp_path):
         kept_px = np.asarray(Image.open(kept).convert("RGB"), dtype=np.float32)
         assert fresh_px.shape == kept_px.shape
         assert np.abs(fresh_px - kept_px).mean() < 1.0, f"{kept.name} no longer matches its generator"
+
+
+def test_zoom_draws_closer_photos_with_boxes_inside_the_frame(tmp_path):
+    size = (320, 440)
+    near = generate_raw_set(tmp_path / "near", 8, size=size, zoom=1.5, exif_rotated_every=0)
+    far = generate_raw_set(tmp_path / "far", 8, size=size, exif_rotated_every=0)
+    sides = {}
+    for name, paths in (("near", near), ("far", far)):
+        found = []
+        for path in paths:
+            assert Image.open(path).size == size
+            record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            for x1, y1, x2, y2 in _boxes(record):
+                assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
+                found.append(((x2 - x1) * (y2 - y1)) ** 0.5)
+        sides[name] = float(np.median(found))
+    assert 1.25 < sides["near"] / sides["far"] < 1.75
+    with pytest.raises(UsageError, match="zoom"):
+        generate_raw_set(tmp_path / "bad", 1, size=size, zoom=0.5)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,7 @@ def generate_raw_set(
     exif_rotated_every: int = 6,
     jpeg_quality: int = 85,
     defect_rate: float | None = None,
+    zoom: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Write `n_images` synthetic photos with vendor JSON annotations into `out_dir`.
@@ -66,7 +69,10 @@ def generate_raw_set(
     Orientation tag; 0 stores all upright. defect_rate: in [0, 1], the probability of the defect
     state (a loose screw or plug, a mismatched label, a missing wind shield) for every part that has
     one, to balance the defect classes; None keeps each part's own rate (4-25%) and the set
-    byte-identical to one made before this option. progress: called as `progress(done, total)`
+    byte-identical to one made before this option. zoom >= 1: each scene is drawn `zoom` times
+    larger and a random `size` window of it is kept (a closer photo: objects `zoom` times bigger);
+    an object is kept when at least half of its box lies inside the window, its box clipped to it.
+    progress: called as `progress(done, total)`
     after each image. Returns the image paths in generation order; `<stem>.json` lies beside each.
     Raises `UsageError` for impossible arguments.
     """
@@ -88,13 +94,20 @@ def generate_raw_set(
             hint="0.5 draws half of the defect-capable parts in their defect state; omit it for "
             "each part's own rate",
         )
+    if not (math.isfinite(zoom) and 1.0 <= zoom <= 4.0):
+        raise UsageError(f"zoom must be in [1, 4], got {zoom}", hint="1.5 draws objects 1.5x bigger")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = _stems(seed, n_images)
     paths: list[Path] = []
     for index, stem in enumerate(stems):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-        upright, objects = render_scene(width, height, rng, defect_rate)
+        if zoom == 1.0:
+            upright, objects = render_scene(width, height, rng, defect_rate)
+        else:
+            drawn = render_scene(round(width * zoom), round(height * zoom), rng, defect_rate)
+            window = np.random.default_rng(np.random.SeedSequence([seed, index, 0x200]))
+            upright, objects = _crop(*drawn, width, height, window)
         orientation = orientation_for_index(index, exif_rotated_every)
         image_path = out_dir / f"{stem}.jpeg"
         _save_jpeg(upright, image_path, orientation, jpeg_quality)
@@ -105,6 +118,25 @@ def generate_raw_set(
         if progress is not None:
             progress(index + 1, n_images)
     return paths
+
+
+def _crop(
+    image: Image.Image, objects: list[SyntheticObject], width: int, height: int, rng
+) -> tuple[Image.Image, list[SyntheticObject]]:
+    """A random `width` x `height` window of `image`, with the objects at least half inside it,
+    their boxes clipped to the window and shifted into its frame."""
+    x0 = float(rng.integers(0, image.width - width + 1))
+    y0 = float(rng.integers(0, image.height - height + 1))
+    kept = []
+    for obj in objects:
+        x1, y1, x2, y2 = obj.box
+        cx1, cy1 = max(x1, x0), max(y1, y0)
+        cx2, cy2 = min(x2, x0 + width), min(y2, y0 + height)
+        inside = max(0.0, cx2 - cx1) * max(0.0, cy2 - cy1)
+        if inside >= 0.5 * (x2 - x1) * (y2 - y1) and min(cx2 - cx1, cy2 - cy1) >= 2:
+            kept.append(replace(obj, box=(cx1 - x0, cy1 - y0, cx2 - x0, cy2 - y0)))
+    crop = image.crop((int(x0), int(y0), int(x0) + width, int(y0) + height))
+    return crop, kept
 
 
 def _stems(seed: int, n_images: int) -> list[str]:
