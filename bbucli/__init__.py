@@ -5,7 +5,7 @@ Public names are imported lazily so that `bbu --help` does not pay for importing
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 _PUBLIC: dict[str, str] = {
     "BbuError": "bbucli.errors",
