@@ -8,7 +8,9 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+    smart_resize as hf_smart_resize,
+)
 
 from bbucli.geometry import (
     box_iou,
@@ -68,7 +70,7 @@ def test_scaled_box_within_one_pixel_and_inside(x1, y1, x2, y2, w, h):
     out = scale_box_xyxy(box, (w, h), dst)
     assert 0 <= out[0] < out[2] <= dst[0] and 0 <= out[1] < out[3] <= dst[1]
     exact = (box[0] * dst[0] / w, box[1] * dst[1] / h, box[2] * dst[0] / w, box[3] * dst[1] / h)
-    assert all(abs(a - b) <= 1.0 for a, b in zip(out, exact))
+    assert all(abs(a - b) <= 1.0 for a, b in zip(out, exact, strict=True))
 
 
 def test_clip_box():

@@ -4,9 +4,9 @@ scored against the val split named in that checkpoint's config."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
-
 from typer.testing import CliRunner
 
 from bbucli.cli.app import app
@@ -15,7 +15,7 @@ from bbucli.cli.app import app
 def test_eval_runs_on_the_trained_tiny_checkpoint(plain_run, tmp_path):
     _, result = plain_run
     val_jsonl = yaml.safe_load((result.final_checkpoint / "config.yaml").read_text())["data"]["val"]
-    val_images = sum(1 for line in open(val_jsonl, encoding="utf-8") if line.strip())
+    val_images = sum(1 for line in Path(val_jsonl).read_text(encoding="utf-8").splitlines() if line.strip())
     out = tmp_path / "eval"
     run = CliRunner().invoke(
         app,
