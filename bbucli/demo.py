@@ -39,7 +39,7 @@ from bbucli.synthetic import generate_raw_set
 
 if TYPE_CHECKING:
     from bbucli.convert.report import ConvertReport
-    from bbucli.evaluation.checkpoint_eval import CheckpointEvalRun
+    from bbucli.evaluation.checkpoint_eval import CheckpointEvalRun, SourceEval
     from bbucli.inspection.summary import DatasetSummary
     from bbucli.train.callbacks import TrainProgress
     from bbucli.train.run import TrainResult
@@ -279,7 +279,7 @@ def run_demo(
         lm_ap50=lm.result.coco.get("AP50") if lm is not None else None,
         first_loss=losses[0][1] if losses else None, last_loss=losses[-1][1] if losses else None,
         seconds=time.perf_counter() - started, convert=converted, summary=summary, train=trained,
-        eval=evaluated, look_next=_look_next(paths, run_dir, trained.final_checkpoint, head.written),
+        eval=evaluated, look_next=_look_next(paths, run_dir, trained.final_checkpoint, head.written, lm),
     )  # fmt: skip
     (out_dir / "demo.json").write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return result
@@ -308,7 +308,9 @@ def _check_arguments(
         )
 
 
-def _look_next(paths: dict[str, Path], run_dir: Path, checkpoint: Path, written: Mapping[str, Path]) -> tuple[tuple[str, Path], ...]:
+def _look_next(
+    paths: dict[str, Path], run_dir: Path, checkpoint: Path, written: Mapping[str, Path], lm: SourceEval | None = None
+) -> tuple[tuple[str, Path], ...]:
     """(what, path) of the artefacts a new user opens next, those that exist, in pipeline order."""
     evaluated = dict(written)
     wanted = [
@@ -323,5 +325,6 @@ def _look_next(paths: dict[str, Path], run_dir: Path, checkpoint: Path, written:
         ("precision-recall curves", evaluated.get("pr_curve")),
         ("worst images, ground truth vs predictions", evaluated["metrics"].parent / "overlays" if "metrics" in evaluated else None),
         ("predictions", evaluated.get("predictions")),
+        ("generated answers, raw text and parsed boxes", lm.written.get("predictions") if lm is not None else None),
     ]
     return tuple((what, Path(path)) for what, path in wanted if path is not None and Path(path).exists())

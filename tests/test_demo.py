@@ -62,6 +62,7 @@ def test_demo_writes_every_artefact(demo):
     assert demo.lm_images == 1 and 0 <= demo.lm_parsed <= 1 and saved["lm_images"] == 1
     lines = (demo.eval_dir / "lm" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 and "raw" in json.loads(lines[0])
+    assert demo.eval_dir / "lm" / "predictions.jsonl" in {p for _, p in demo.look_next}
 
 
 def test_demo_metrics_are_numbers_and_loss_falls(demo):
