@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from bbucli.errors import BbuError
-from bbucli.train.config import BbuConfig, TrainSection
+from bbucli.train.config_schema import BbuConfig, TrainSection
 from bbucli.train.passthrough import OWNED_ELSEWHERE
 
 __all__ = ["START", "END", "render_reference", "with_reference", "write_reference"]
