@@ -213,7 +213,7 @@ class MultiTaskLoss:
             chunk_size=self.lm_chunk_size,
             segments=self.lm_segments,
             max_tokens=self.lm_max_tokens,
-            generator=None if step is None else torch.Generator().manual_seed(step),
+            generator=None if step is None or self.lm_max_tokens is None else torch.Generator().manual_seed(step),
         )
         losses: dict[str, torch.Tensor] = {"teacher_lm": lm.teacher_lm, "student_lm": lm.student_lm}
         stats: dict[str, torch.Tensor | float] = {
