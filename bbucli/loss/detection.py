@@ -88,12 +88,16 @@ class DetectionCriterion(nn.Module):
         cost_obj: float = 2.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
+        cost_center: float = 0.0,
         aux: bool = True,
     ) -> None:
         super().__init__()
         self.weights = {"l1": l1, "giou": giou, "objectness": objectness, "caption": caption}
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.costs = {"cost_obj": cost_obj, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
+        self.costs = {
+            "cost_obj": cost_obj, "cost_bbox": cost_bbox, "cost_giou": cost_giou,
+            "cost_center": cost_center,
+        }  # fmt: skip
         self.aux = aux
 
     def forward(
@@ -103,9 +107,11 @@ class DetectionCriterion(nn.Module):
         *,
         num_boxes: float,
         step: int | None = None,
+        anchors: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """outputs: one `LayerOutput` per decoder layer, first to last; targets: one `DetTargets`
-        per image. Returns scalar losses keyed `l1`, `giou`, `objectness`, [`caption`] for the
+        per image; anchors: optional (B, Q, 4) cxcywh cell of every query, for the matching's
+        spatial prior (`cost_center`). Returns scalar losses keyed `l1`, `giou`, `objectness`, [`caption`] for the
         last layer, the same with `_<layer>` for auxiliary layers, and the weighted `total`."""
         if num_boxes <= 0:
             raise ValueError(f"num_boxes must be positive, got {num_boxes}")
@@ -119,6 +125,7 @@ class DetectionCriterion(nn.Module):
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
             step=step,
+            anchors=anchors,
             **self.costs,
         )
         tgt_boxes = torch.cat([t.boxes for t in targets]).to(device=device, dtype=torch.float32)

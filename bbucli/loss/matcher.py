@@ -44,11 +44,16 @@ def matching_cost(
     cost_giou: float = 2.0,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    anchors: torch.Tensor | None = None,
+    cost_center: float = 0.0,
 ) -> torch.Tensor:
     """Pairwise matching cost of K independent (queries, targets) problems.
 
     pred_logits: (K, Q) objectness logits; pred_boxes: (K, Q, 4) and tgt_boxes: (K, N, 4) cxcywh
     normalised. Returns (K, Q, N) float32, lower is a better match.
+    anchors: optional (K, Q, 4) cxcywh, where each query comes from (its token's cell); with
+    `cost_center` > 0 a pair costs that much more when the anchor's centre lies outside the target
+    box grown by half the anchor on each side (`center_prior_outside`).
     """
     pred_boxes, tgt_boxes = pred_boxes.float(), tgt_boxes.float()
     # Coordinate planes ((K, 4, Q) memory behind a (K, Q, 4) view) make every broadcast op in
@@ -58,7 +63,26 @@ def matching_cost(
     cost = torch.cdist(pred_boxes, tgt_boxes, p=1).mul_(cost_bbox)
     cost.sub_(_batched_giou(pred_xyxy, tgt_xyxy), alpha=cost_giou)
     obj = focal_objectness_cost(pred_logits.float(), alpha=focal_alpha, gamma=focal_gamma)
-    return cost.add_(obj.unsqueeze(-1), alpha=cost_obj)
+    cost.add_(obj.unsqueeze(-1), alpha=cost_obj)
+    if anchors is not None and cost_center > 0:
+        cost.add_(center_prior_outside(anchors, tgt_boxes).float(), alpha=cost_center)
+    return cost
+
+
+def center_prior_outside(anchors: torch.Tensor, tgt_boxes: torch.Tensor) -> torch.Tensor:
+    """(K, Q, N) bool: True where query q's anchor centre is outside target n's box grown by half
+    the anchor's size on each side, i.e. where the query's cell neither holds a part of the target
+    nor touches its centre's cell. anchors (K, Q, 4), tgt_boxes (K, N, 4), cxcywh normalised.
+
+    A spatial prior as in DeFCN/FCOS centre sampling: a one-to-one assignment restricted to the
+    queries around each object is stable from the first step, instead of pairing an object with
+    whichever query happens to be closest in the random early predictions."""
+    anchors, tgt_boxes = anchors.float(), tgt_boxes.float()
+    dx = (anchors[..., None, 0] - tgt_boxes[..., None, :, 0]).abs()
+    dy = (anchors[..., None, 1] - tgt_boxes[..., None, :, 1]).abs()
+    reach_x = (anchors[..., None, 2] + tgt_boxes[..., None, :, 2]) / 2
+    reach_y = (anchors[..., None, 3] + tgt_boxes[..., None, :, 3]) / 2
+    return (dx > reach_x) | (dy > reach_y)
 
 
 @torch.no_grad()
@@ -72,11 +96,15 @@ def match_layers(
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     step: int | None = None,
+    anchors: torch.Tensor | None = None,
+    cost_center: float = 0.0,
 ) -> list[list[MatchIndices]]:
     """Match every decoder layer's queries to the targets with one device-to-host copy.
 
     layers: per decoder layer `(logits (B, Q), boxes (B, Q, 4) cxcywh normalised)`, the same B
     and Q for all; targets: B tensors `(N_i, 4)` cxcywh normalised (N_i may be 0).
+    anchors: optional (B, Q, 4) cxcywh of where each query comes from, the same for every layer,
+    for the spatial prior `cost_center` (see `matching_cost`).
     Returns `result[layer][image] = (pred_idx, tgt_idx)`, empty for images without targets.
     Raises `MatchingError` naming the step, layer and image of the first non-finite cost.
     """
@@ -112,6 +140,8 @@ def match_layers(
         cost_giou=cost_giou,
         focal_alpha=focal_alpha,
         focal_gamma=focal_gamma,
+        anchors=None if anchors is None else anchors.to(device).repeat(len(layers), 1, 1),
+        cost_center=cost_center,
     )
     cost_host = cost.cpu().numpy()  # the step's only device-to-host copy (a no-op on CPU)
     if not np.isfinite(cost_host).all():
@@ -141,6 +171,8 @@ def hungarian_matcher(
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     step: int | None = None,
+    anchors: torch.Tensor | None = None,
+    cost_center: float = 0.0,
 ) -> list[MatchIndices]:
     """Optimal one-to-one assignment of queries to targets, per image, for one decoder layer.
 
@@ -158,6 +190,8 @@ def hungarian_matcher(
         focal_alpha=focal_alpha,
         focal_gamma=focal_gamma,
         step=step,
+        anchors=anchors,
+        cost_center=cost_center,
     )[0]
 
 

@@ -36,6 +36,7 @@ from bbucli.loss.detection import (
 )
 from bbucli.loss.lm import DEFAULT_CHUNK, SEGMENT_STUDENT, SEGMENT_TEACHER, lm_losses
 from bbucli.loss.matcher import hungarian_matcher
+from bbucli.model.anchors import token_cell_boxes
 from bbucli.model.bbu_model import BBUModel, BBUOutput
 from bbucli.model.caption_vocab import PAD, CaptionVocab
 
@@ -158,6 +159,7 @@ class MultiTaskLoss:
         cost_obj: float = 2.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
+        cost_center: float = 0.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         aux: bool = True,
@@ -194,8 +196,10 @@ class MultiTaskLoss:
             objectness=weights.objectness_weight,
             caption=weights.caption_weight,
             aux=aux,
+            cost_center=cost_center,
             **self.matching,
         )
+        self.cost_center = cost_center
 
     def __call__(
         self,
@@ -254,17 +258,22 @@ class MultiTaskLoss:
             LayerOutput(logits, boxes)
             for logits, boxes in zip(head.logits, head.boxes, strict=True)
         ]
-        det = self.criterion(layers, targets, num_boxes=num_boxes, step=step)
+        # Every token's cell: where each query and each token-stage proposal comes from.
+        cells = token_cell_boxes(output.grid_hw, head.token_logits.shape[1]) if self.cost_center else None
+        query_cells = None
+        if cells is not None:
+            query_cells = cells.gather(1, head.query_index[..., None].expand(-1, -1, 4))
+        det = self.criterion(layers, targets, num_boxes=num_boxes, step=step, anchors=query_cells)
         losses = {k: v for k, v in det.items() if k != "total"}
         if self.token_aux:
             stage = LayerOutput(head.token_logits, head.token_boxes)
             if model.head.token_box_head is not None:
                 k = self.token_matches
                 many = [DetTargets(t.boxes.repeat(k, 1)) for t in targets]
-                token = self.criterion([stage], many, num_boxes=num_boxes * k, step=step)
+                token = self.criterion([stage], many, num_boxes=num_boxes * k, step=step, anchors=cells)
                 losses.update({f"{key}_token": token[key] for key in ("l1", "giou", "objectness")})
             else:
-                token = self.criterion([stage], targets, num_boxes=num_boxes, step=step)
+                token = self.criterion([stage], targets, num_boxes=num_boxes, step=step, anchors=cells)
                 losses["objectness_token"] = token["objectness"]
         if (
             self.weights.caption_weight > 0
@@ -272,7 +281,9 @@ class MultiTaskLoss:
             and self.captions is not None
         ):
             descs = [batch["gt_descs"][i] for i in output.head_samples.tolist()]
-            losses["caption"] = self._caption(model, output, targets, descs, num_boxes, step)
+            losses["caption"] = self._caption(
+                model, output, targets, descs, num_boxes, step, query_cells
+            )
         return losses
 
     def _caption(
@@ -283,12 +294,14 @@ class MultiTaskLoss:
         descs: list[Sequence[str]],
         num_boxes: float,
         step: int | None,
+        query_cells: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Token-mean caption cross entropy of the matched queries, summed / num_boxes."""
+        """Token-mean caption cross entropy of the matched queries, summed / num_boxes. The
+        matching is the criterion's for the last layer (same costs, same spatial prior)."""
         head = output.head
         indices = hungarian_matcher(
             head.pred_logits, head.pred_boxes, [t.boxes for t in targets], step=step,
-            **self.matching,
+            anchors=query_cells, cost_center=self.cost_center, **self.matching,
         )  # fmt: skip
         device = head.hidden.device
         batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])

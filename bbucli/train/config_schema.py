@@ -221,6 +221,13 @@ class LossSection(_Section):
     focal_gamma: Float = Field(
         2.0, ge=0.0, description="objectness focal loss gamma (focusing exponent)"
     )
+    cost_center: Float = Field(
+        0.0,
+        ge=0.0,
+        description="Hungarian matching cost of a query whose token cell is outside the target "
+        "box grown by half a cell (a spatial prior: objects match the queries around them; "
+        "0: off, 100: as good as a hard constraint)",
+    )
     aux: Bool = Field(
         True, description="detection losses on every decoder layer, not just the last"
     )

@@ -275,7 +275,7 @@ def _build(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> 
     captions = CaptionTargets(processor.tokenizer, vocab, cfg.detection.caption_max_len) if vocab else None
     loss = MultiTaskLoss(
         weights, captions=captions, cost_obj=cfg.loss.cost_obj, cost_bbox=cfg.loss.cost_bbox,
-        cost_giou=cfg.loss.cost_giou, focal_alpha=cfg.loss.focal_alpha,
+        cost_giou=cfg.loss.cost_giou, cost_center=cfg.loss.cost_center, focal_alpha=cfg.loss.focal_alpha,
         focal_gamma=cfg.loss.focal_gamma, aux=cfg.loss.aux, token_aux=cfg.loss.token_aux,
         lm_max_tokens=cfg.loss.lm_max_tokens, token_matches=cfg.loss.token_matches,
     )  # fmt: skip

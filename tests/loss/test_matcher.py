@@ -17,7 +17,13 @@ from transformers.loss.loss_for_object_detection import (
 )
 
 from bbucli.errors import BbuError
-from bbucli.loss.matcher import MatchingError, hungarian_matcher, match_layers, matching_cost
+from bbucli.loss.matcher import (
+    MatchingError,
+    center_prior_outside,
+    hungarian_matcher,
+    match_layers,
+    matching_cost,
+)
 
 WEIGHTS = {"cost_obj": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0}
 
@@ -199,3 +205,34 @@ def test_assignment_cost_equals_transformers_deformable_detr_matcher():
             cost[ref_src, ref_tgt].sum().item(), abs=1e-4
         )
         assert torch.equal(src, ref_src) and torch.equal(tgt, ref_tgt)
+
+
+def test_center_prior_flags_cells_outside_the_grown_target():
+    # Two cells 0.2 wide; a target 0.1 wide at x = 0.5 reaches cells whose centres are within
+    # (0.2 + 0.1) / 2 = 0.15 of it.
+    anchors = torch.tensor([[[0.36, 0.5, 0.2, 0.2], [0.34, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]]])
+    target = torch.tensor([[[0.5, 0.5, 0.1, 0.1]]])
+    assert center_prior_outside(anchors, target)[0, :, 0].tolist() == [False, True, False]
+    below = anchors.clone()
+    below[..., 1] = 0.66
+    assert center_prior_outside(below, target)[0, :, 0].tolist() == [True, True, True]
+
+
+def test_center_prior_matches_a_target_to_the_queries_around_it():
+    # Query 0 already predicts the target's box but comes from a far cell; query 1's cell holds
+    # the target but its box is off. Without the prior the box wins, with it the cell does.
+    boxes = torch.tensor([[[0.8, 0.8, 0.1, 0.1], [0.2, 0.3, 0.3, 0.3]]])
+    logits = torch.zeros(1, 2)
+    anchors = torch.tensor([[[0.2, 0.2, 0.25, 0.25], [0.8, 0.8, 0.25, 0.25]]])
+    target = [torch.tensor([[0.8, 0.8, 0.1, 0.1]])]
+    (free,) = hungarian_matcher(logits, boxes, target, **WEIGHTS)
+    assert free[0].tolist() == [0]
+    (prior,) = hungarian_matcher(logits, boxes, target, anchors=anchors, cost_center=100.0, **WEIGHTS)
+    assert prior[0].tolist() == [1]
+    # It is a cost, not a rule: a target with no query around it still gets matched.
+    far = [torch.tensor([[0.5, 0.05, 0.05, 0.05]])]
+    (alone,) = hungarian_matcher(logits, boxes, far, anchors=anchors, cost_center=100.0, **WEIGHTS)
+    assert len(alone[0]) == 1
+    # Every layer of match_layers uses the same anchors.
+    layers = match_layers([(logits, boxes), (logits, boxes)], target, anchors=anchors, cost_center=100.0, **WEIGHTS)
+    assert [layer[0][0].tolist() for layer in layers] == [[1], [1]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,51 @@ def test_caption_loss_reads_matched_queries_only(processor, vocab, samples) -> N
             ce = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=PAD, reduction="none")
             total += float((ce.sum(1) / (ids != PAD).sum(1)).sum())
     assert float(caption) == pytest.approx(total / n, rel=1e-5)
+
+
+def caption_loss_of(model, processor, vocab, samples, head, indices) -> float:
+    builder = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])
+    total = 0.0
+    for b, (queries, targets) in enumerate(indices):
+        ids = builder([samples[b].gt_descs[int(t)] for t in targets])
+        logits = model.head.caption_logits(head.hidden[b, queries], ids)
+        ce = F.cross_entropy(logits.transpose(1, 2), ids, ignore_index=PAD, reduction="none")
+        total += float((ce.sum(1) / (ids != PAD).sum(1)).sum())
+    return total / sum(len(s.gt_boxes) for s in samples)
+
+
+def test_center_prior_reaches_the_caption_matching(processor, vocab, samples) -> None:
+    """With loss.cost_center the caption loss reads the queries the spatial prior matched: the
+    cells of the queries' tokens, rebuilt here from the grid."""
+    model = make_model(vocab).eval()
+    batch = StandardDataCollator(151643)(samples)
+    captions = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])
+    with torch.no_grad():
+        out = model(batch)
+        # Predicted boxes moved 5 tokens on, so that matching by box alone picks queries away
+        # from the objects (at initialisation every query predicts its own cell).
+        head = replace(out.head, boxes=tuple(b.roll(5, dims=1) for b in out.head.boxes))
+        out = replace(out, head=head)
+        boxes = [s.gt_boxes for s in samples]
+        cells = []
+        for b in range(len(samples)):
+            gh, gw = (int(v) for v in out.grid_hw[b])
+            n = head.query_index[b]
+            cells.append(torch.stack(((n % gw + 0.5) / gw, (n // gw + 0.5) / gh,
+                                      torch.full_like(n, 1.0 / gw, dtype=torch.float32),
+                                      torch.full_like(n, 1.0 / gh, dtype=torch.float32)), -1).float())  # fmt: skip
+        anchors = torch.stack(cells)
+        with_prior = hungarian_matcher(head.pred_logits, head.pred_boxes, boxes, anchors=anchors, cost_center=100.0)
+        without = hungarian_matcher(head.pred_logits, head.pred_boxes, boxes)
+        assert any(not torch.equal(a[0], b[0]) for a, b in zip(with_prior, without, strict=True))
+        loss = MultiTaskLoss(LossWeights(), captions=captions, cost_center=100.0)
+        caption = float(loss(model, out, batch).losses["caption"])
+        plain = float(MultiTaskLoss(LossWeights(), captions=captions)(model, out, batch).losses["caption"])
+        assert caption == pytest.approx(caption_loss_of(model, processor, vocab, samples, head, with_prior), rel=1e-5)
+        assert plain == pytest.approx(caption_loss_of(model, processor, vocab, samples, head, without), rel=1e-5)
+    for b, (queries, _) in enumerate(with_prior):
+        # Every matched query's cell touches its object here (small images, few objects).
+        assert len(queries) == len(boxes[b])
 
 
 def test_caption_weight_zero_skips_the_caption_decoder(processor, vocab, samples) -> None:

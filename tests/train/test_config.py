@@ -473,7 +473,7 @@ def test_detection_section_mirrors_head_config():
 
     defaults = {f.name: f.default for f in dataclasses.fields(HeadConfig)}
     section = DetectionSection()
-    for name, value in section.model_dump(exclude={"text_layer", "captions"}).items():
+    for name, value in section.model_dump(exclude={"text_layer", "captions", "vision_source"}).items():
         assert defaults[name] == value, name
     head = section.head_config(llm_hidden=128, caption_vocab_size=40)
     assert head.llm_hidden == 128 and head.caption_vocab_size == 40
@@ -490,6 +490,7 @@ def test_loss_section_mirrors_the_multitask_loss():
         "cost_obj",
         "cost_bbox",
         "cost_giou",
+        "cost_center",
         "focal_alpha",
         "focal_gamma",
         "aux",
