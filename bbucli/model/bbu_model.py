@@ -73,6 +73,11 @@ class BBUOutput:
     text_mask: torch.Tensor | None
 
 
+#: Where the head's vision memory comes from: the merger's tokens, or the language model's hidden
+#: states (layer `text_layer`, like the language memory) at the student image's token positions.
+VISION_SOURCES = ("merger", "llm")
+
+
 @dataclass(frozen=True)
 class _StudentLayout:
     """Where each head sample's memory lies, as host-side indices into the flattened (R * S) row(s).
@@ -84,6 +89,7 @@ class _StudentLayout:
     samples: list[int]
     images: list[int]
     text_index: list[torch.Tensor]
+    image_index: list[torch.Tensor]
 
 
 class BBUModel(nn.Module):
@@ -102,6 +108,7 @@ class BBUModel(nn.Module):
         *,
         caption_vocab: CaptionVocab | None = None,
         text_layer: int = -1,
+        vision_source: str = "merger",
         im_start_id: int = IM_START_ID,
     ) -> None:
         super().__init__()
@@ -125,6 +132,8 @@ class BBUModel(nn.Module):
                 f"text_layer {text_layer} is not a decoder layer output of a {num_layers}-layer "
                 f"model (1..{num_layers}, or -1..-{num_layers})"
             )
+        if vision_source not in VISION_SOURCES:
+            problems.append(f"vision_source must be one of {VISION_SOURCES}, got {vision_source!r}")
         if problems:
             raise ConfigError(
                 "invalid BBUModel: " + "; ".join(problems),
@@ -134,6 +143,7 @@ class BBUModel(nn.Module):
         self.head = DetectionHead(head_config)
         self.caption_vocab = caption_vocab
         self.text_layer = resolved
+        self.vision_source = vision_source
         self.num_layers = num_layers
         self.image_token_id = int(qwen.config.image_token_id)
         self.im_start_id = int(im_start_id)
@@ -146,6 +156,7 @@ class BBUModel(nn.Module):
         *,
         caption_vocab: CaptionVocab | None = None,
         text_layer: int = -1,
+        vision_source: str = "merger",
         **head: Any,
     ) -> BBUModel:
         """A BBUModel whose head config takes its sizes from `qwen` and `caption_vocab`; `head`
@@ -155,7 +166,10 @@ class BBUModel(nn.Module):
             caption_vocab_size=caption_vocab.size if caption_vocab is not None else 0,
             **head,
         )
-        return cls(qwen, config, caption_vocab=caption_vocab, text_layer=text_layer)
+        return cls(
+            qwen, config, caption_vocab=caption_vocab, text_layer=text_layer,
+            vision_source=vision_source,
+        )  # fmt: skip
 
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
         """Activation checkpointing of the Qwen part (the head is small); keywords as transformers'
@@ -192,8 +206,12 @@ class BBUModel(nn.Module):
 
         memory_source = hidden if captured is None else captured["hidden"]
         device = hidden.device
-        merged = encoder_outputs["image"].pooler_output
-        vision = [merged[k] for k in layout.images]
+        flat = memory_source.reshape(-1, memory_source.shape[-1])
+        if self.vision_source == "llm":
+            vision = [flat[index.to(device)] for index in layout.image_index]
+        else:
+            merged = encoder_outputs["image"].pooler_output
+            vision = [merged[k] for k in layout.images]
         vision_memory = pad_sequence(vision, batch_first=True)
         vision_mask = _length_mask([len(v) for v in vision], device)
         grid_hw = (grid_thw[layout.images, 1:] // self.merge_size).to(
@@ -202,7 +220,6 @@ class BBUModel(nn.Module):
 
         text_index = pad_sequence(layout.text_index, batch_first=True).to(device)
         text_mask = _length_mask([len(t) for t in layout.text_index], device)
-        flat = memory_source.reshape(-1, memory_source.shape[-1])
         text_memory = flat[text_index] * text_mask[..., None].to(flat.dtype)
 
         head_out = self.head(vision_memory, vision_mask, grid_hw, text_memory, text_mask)
@@ -295,6 +312,7 @@ class BBUModel(nn.Module):
         samples: list[int] = []
         images: list[int] = []
         text_index: list[torch.Tensor] = []
+        image_index: list[torch.Tensor] = []
         for b in range(len(sample_start)):
             own = torch.nonzero(run_sample == b).flatten()
             if len(own) == 0:
@@ -312,9 +330,10 @@ class BBUModel(nn.Module):
             text_index.append(
                 torch.cat((torch.arange(turn, run_start), torch.arange(run_end, stop)))
             )
+            image_index.append(torch.arange(run_start, run_end))
             samples.append(b)
             images.append(k)
-        return _StudentLayout(samples, images, text_index)
+        return _StudentLayout(samples, images, text_index, image_index)
 
 
 def _length_mask(lengths: list[int], device: torch.device) -> torch.Tensor:

@@ -134,6 +134,7 @@ def save_checkpoint(
         "bbucli_version": __version__,
         "head_config": asdict(model.head.config),
         "text_layer": int(model.text_layer),
+        "vision_source": model.vision_source,
         "im_start_id": int(model.im_start_id),
         "caption_vocab": vocab.to_dict() if vocab is not None else None,
         "prompts": None if prompts is None else {"system": prompts.system, "instruction": prompts.instruction},
@@ -209,6 +210,7 @@ def load_checkpoint(
     try:
         head_config = HeadConfig(**meta["head_config"])
         text_layer = int(meta["text_layer"])
+        vision_source = str(meta.get("vision_source", "merger"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{folder / META_FILE}: bad head config: {exc}", hint=hint) from exc
     vocab_dict = meta.get("caption_vocab")
@@ -228,7 +230,8 @@ def load_checkpoint(
             raise ModelError(f"checkpoint {folder}: {exc.message}", hint=hint) from exc
     processor = load_processor(folder / PROCESSOR_DIR)
     kwargs = {"im_start_id": int(meta["im_start_id"])} if "im_start_id" in meta else {}
-    model = BBUModel(qwen, head_config, caption_vocab=vocab, text_layer=text_layer, **kwargs)
+    model = BBUModel(qwen, head_config, caption_vocab=vocab, text_layer=text_layer,
+                     vision_source=vision_source, **kwargs)
     model.head.load_state_dict({k: v.float() for k, v in state.items()})
     model.head.float()
     if device is not None:

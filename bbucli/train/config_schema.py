@@ -176,6 +176,12 @@ class DetectionSection(_Section):
         description="which LLM hidden states of the prompt form the head's language memory: "
         "1..num_layers after that decoder layer, negative from the end, -1 the final output",
     )
+    vision_source: Literal["merger", "llm"] = Field(
+        "merger",
+        description="the head's vision memory: the merger's tokens (merger), or the LLM's hidden "
+        "states at the student image's tokens, from the same layer as text_layer (llm: deeper "
+        "features at no extra cost, shaped by the LM loss too)",
+    )
     captions: Bool = Field(
         True, description="build the caption decoder (trained with loss.caption_weight)"
     )
@@ -184,7 +190,7 @@ class DetectionSection(_Section):
         """The `HeadConfig` of this section; caption_vocab_size is forced to 0 without captions."""
         from bbucli.model.head import HeadConfig
 
-        fields = self.model_dump(exclude={"text_layer", "captions"})
+        fields = self.model_dump(exclude={"text_layer", "captions", "vision_source"})
         vocab = caption_vocab_size if self.captions else 0
         return HeadConfig(llm_hidden=llm_hidden, caption_vocab_size=vocab, **fields)
 
@@ -215,18 +221,18 @@ class LossSection(_Section):
         5.0, ge=0.0, description="Hungarian matching cost of the L1 box distance"
     )
     cost_giou: Float = Field(2.0, ge=0.0, description="Hungarian matching cost of the GIoU")
-    focal_alpha: Float = Field(
-        0.25, description="objectness focal loss alpha (weight of positives)"
-    )
-    focal_gamma: Float = Field(
-        2.0, ge=0.0, description="objectness focal loss gamma (focusing exponent)"
-    )
     cost_center: Float = Field(
         0.0,
         ge=0.0,
         description="Hungarian matching cost of a query whose token cell is outside the target "
         "box grown by half a cell (a spatial prior: objects match the queries around them; "
         "0: off, 100: as good as a hard constraint)",
+    )
+    focal_alpha: Float = Field(
+        0.25, description="objectness focal loss alpha (weight of positives)"
+    )
+    focal_gamma: Float = Field(
+        2.0, ge=0.0, description="objectness focal loss gamma (focusing exponent)"
     )
     aux: Bool = Field(
         True, description="detection losses on every decoder layer, not just the last"

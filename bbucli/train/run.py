@@ -267,7 +267,8 @@ def _build(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> 
                                             vocab.size if vocab is not None else 0)  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.model.seed)  # the head's initial weights follow model.seed
-        model = BBUModel(qwen, head_config, caption_vocab=vocab, text_layer=cfg.detection.text_layer)
+        model = BBUModel(qwen, head_config, caption_vocab=vocab, text_layer=cfg.detection.text_layer,
+                         vision_source=cfg.detection.vision_source)
     lrs = {g: float(getattr(cfg.optim.lrs, g)) for g in GROUPS}
     build_param_groups(model, lrs, cfg.optim.weight_decay)  # freezes lr-0 groups before any wrapping
 

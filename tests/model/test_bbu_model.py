@@ -253,6 +253,27 @@ def test_text_layer_picks_an_inner_decoder_layer(processor, samples) -> None:
     ).abs().max() <= 1e-5
 
 
+def test_vision_source_llm_reads_the_hidden_states_at_the_student_image(processor, samples) -> None:
+    model = build_model(processor, vision_source="llm")
+    one, two = samples["one"], samples["two"]
+    for batch, rows in ((standard(one, two), (0, 1)), (packed(one, two), (0, 0))):
+        out = run(model, batch)
+        flat = out.hidden_states.reshape(-1, out.hidden_states.shape[-1])
+        offset = 0
+        for head_row, (row, sample) in enumerate(zip(rows, (one, two), strict=True)):
+            # The student's image: the last run of image pads in its own tokens.
+            pads = torch.nonzero(sample.input_ids == processor.image_token_id).flatten()
+            run_len = int(sample.image_grid_thw[-1].prod()) // 4
+            start = (row * batch["input_ids"].shape[1] if "cu_seqlens" not in batch else offset)
+            positions = start + pads[-run_len:]
+            assert int(out.vision_mask[head_row].sum()) == run_len
+            assert torch.equal(out.vision_memory[head_row, :run_len], flat[positions])
+            offset += len(sample.input_ids)
+    # ... and they differ from the merger's tokens the default model reads.
+    merger = run(build_model(processor), standard(one)).vision_memory
+    assert (run(model, standard(one)).vision_memory - merger).abs().max() > 1e-3
+
+
 def test_invalid_configs_are_refused(processor) -> None:
     qwen = load_model("tiny", seed=0)
     with pytest.raises(ConfigError, match="text_layer"):
@@ -261,6 +282,8 @@ def test_invalid_configs_are_refused(processor) -> None:
         BBUModel.from_qwen(qwen, text_layer=0)
     with pytest.raises(ConfigError, match="llm_hidden"):
         BBUModel(qwen, HeadConfig(llm_hidden=64))
+    with pytest.raises(ConfigError, match="vision_source"):
+        BBUModel.from_qwen(qwen, vision_source="vit")
     vocab = build_caption_vocab(processor.tokenizer, DESCS)
     with pytest.raises(ConfigError, match="caption_vocab_size"):
         BBUModel(qwen, HeadConfig(llm_hidden=128), caption_vocab=vocab)

@@ -54,7 +54,7 @@ def processor():
 def model(processor) -> BBUModel:
     torch.manual_seed(0)
     vocab = build_caption_vocab(processor.tokenizer, DESCS)
-    return BBUModel.from_qwen(load_model("tiny"), caption_vocab=vocab, text_layer=1, **HEAD).eval()
+    return BBUModel.from_qwen(load_model("tiny"), caption_vocab=vocab, text_layer=1, vision_source="llm", **HEAD).eval()
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,7 @@ def test_layout_and_metadata(saved, model):
     assert meta["format"] == "bbu-checkpoint" and meta["format_version"] == FORMAT_VERSION
     assert meta["head_config"]["width"] == 64 and meta["head_config"]["max_queries"] == 40
     assert meta["text_layer"] == 1 and meta["extra"] == {"step": 7}
+    assert meta["vision_source"] == "llm"
     assert meta["caption_vocab"] == model.caption_vocab.to_dict()
     assert not list(saved.parent.glob(".checkpoint-7.*"))  # no temporary or old folder left
     assert is_checkpoint(saved) and not is_checkpoint(saved / "qwen") and not is_checkpoint(saved.parent / "nope")
@@ -108,6 +109,7 @@ def loaded(saved):
 def test_round_trip_gives_the_same_outputs(loaded, model, processor, batch):
     again = loaded.model
     assert not again.training and again.text_layer == 1 and again.caption_vocab == model.caption_vocab
+    assert again.vision_source == "llm"
     # The tiny model ties lm_head to the embeddings; the tie must survive, not become a copy.
     qwen = again.qwen
     assert qwen.lm_head.weight.data_ptr() == qwen.model.language_model.embed_tokens.weight.data_ptr()
