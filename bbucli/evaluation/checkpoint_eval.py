@@ -142,7 +142,16 @@ def evaluate_checkpoint(
         max_tokens=ckpt.max_tokens,
     )
 
-    scored = [image for image in ground_truth.images if image.file is not None]
+    unreadable = [image.key for image in ground_truth.images if image.file is None]
+    if unreadable:
+        # Scoring them would count every object as missed: a silent AP of (nearly) 0.
+        raise DataError(
+            f"{data}: {len(unreadable)} of {len(ground_truth.images)} images not found or "
+            f"unreadable under {data.parent} (first: {unreadable[0]})",
+            hint="image paths in a bbu JSONL are relative to its folder: keep the split next to "
+            "the images/ folder `bbu convert` wrote",
+        )
+    scored = list(ground_truth.images)
     episodes = _episodes(data) if ground_truth.format == "bbu-jsonl" and k != 0 else {}
     teacher_lists = [_teachers(episodes.get(image.key), data.parent, k) for image in scored]
     report("predict", 0, len(scored))

@@ -169,3 +169,18 @@ def test_checkpoint_with_explicit_data_json_and_no_teachers(checkpoint, tmp_path
     assert metrics["counts"]["images"] == 2 and metrics["counts"]["predictions"] > 0
     assert (out / "metrics.json").is_file() and (out / "predictions.jsonl").is_file()
     assert json.loads((out / "inference.json").read_text())["teachers"] == 0
+
+
+def test_checkpoint_on_a_split_whose_images_are_elsewhere_exits_1(checkpoint, tmp_path):
+    """A copy of the split away from its images/ folder: scoring would count every object as
+    missed (AP 0); the error names the split, the count and the first image instead."""
+    ckpt, val = checkpoint
+    moved = tmp_path / "val.jsonl"
+    moved.write_text(val.read_text())
+    out = tmp_path / "out"
+    result = invoke(ckpt, "--data", moved, "--out", out, "--teachers", "0")
+    assert result.exit_code == 1, result.output
+    first = json.loads(val.read_text().splitlines()[0])["student"]["images"][0]
+    assert f"{moved}: 2 of 2 images not found or unreadable" in result.output
+    assert first in result.output
+    assert not (out / "metrics.json").exists()
