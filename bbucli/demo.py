@@ -52,6 +52,8 @@ DEMO_DEFECT_RATE = 0.3
 DEMO_ZOOM = 1.5  # closer photos: objects 1.5x bigger (generate_raw_set)
 DEMO_LM_IMAGES = 8  # val images whose answers are generated (about 3-5 s each on 2 CPU cores)
 DEMO_MAX_NEW_TOKENS = 1024
+#: Head classes per query in the demo's evaluation: DETR's top-100 over (query, class) pairs.
+DEMO_HYPOTHESES = 3
 #: What the demo changes in configs/tiny.yaml; the caller's overrides come after and win.
 DEMO_OVERRIDES = (
     "data.num_teachers=0", "data.packing=false", "data.batch_size=8", "data.group_by_length=true",
@@ -253,7 +255,7 @@ def run_demo(
 
     eval_dir = out_dir / "eval"
     evaluated = evaluate_checkpoint(
-        trained.final_checkpoint, paths["val"], eval_dir, sources=("head",),
+        trained.final_checkpoint, paths["val"], eval_dir, sources=("head",), hypotheses=DEMO_HYPOTHESES,
         progress=lambda stage, done, total: report(DemoProgress("eval", done, total, stage)),
     )  # fmt: skip
     head = evaluated.sources[0]

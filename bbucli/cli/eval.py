@@ -42,7 +42,7 @@ class Backend(str, Enum):
 
 HELP = """Evaluate a checkpoint, or score predictions, against ground truth: COCO AP/AR, per-class and type-level AP, precision/recall/F1 and a confusion matrix at a score threshold, defect escape rate, unparseable answers.
 
-CKPT (a checkpoint folder written by `bbu train`): runs inference over --data (default: the val JSONL named in the checkpoint's config.yaml) with --source head (detection head, score = objectness), lm (generated answer, score = mean token log-probability) or both, prepending --teachers K of each episode's teachers (default: the training config's data.num_teachers). Writes predictions.jsonl, inference.json and the files below into --out (default: CKPT/eval/; with --source both, one sub-folder per source).
+CKPT (a checkpoint folder written by `bbu train`): runs inference over --data (default: the val JSONL named in the checkpoint's config.yaml) with --source head (detection head: class by the caption decoder's likelihood of each class desc, score = objectness x class probability), lm (generated answer, score = mean token log-probability) or both, prepending --teachers K of each episode's teachers (default: the training config's data.num_teachers). Writes predictions.jsonl, inference.json and the files below into --out (default: CKPT/eval/; with --source both, one sub-folder per source).
 
 PREDICTIONS is a bbu predictions JSONL (one line per image: {"image": "images/a.jpeg", "objects": [{"bbox_2d": \\[x1, y1, x2, y2], "desc": "...", "score": 0.9}], "source": "head", "unparseable": false}) or a COCO results JSON; --data is a JSONL split written by `bbu convert` or a COCO instances JSON. Malformed lines, unknown images and boxes outside the image are reported by file:line; the rest is scored.
 
@@ -130,6 +130,7 @@ def eval_command(
     teachers: Annotated[int | None, typer.Option("--teachers", "-k", min=0, help="CKPT only: teachers prepended per image (default: the config's data.num_teachers).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="CKPT only: images per forward pass (default 4).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="CKPT only: longest generated answer for lm (default 1024).")] = None,
+    hypotheses: Annotated[int | None, typer.Option("--hypotheses", min=1, help="CKPT only: head classes per query, each a scored box (default 1; 3 is DETR's top-100 over query x class pairs, a higher AP).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="CKPT only: cuda, cuda:1, cpu (default: cuda when available).")] = None,
     dtype: Annotated[DType | None, typer.Option("--dtype", help="CKPT only: Qwen weights dtype (default auto: bf16 on a GPU, else fp32).")] = None,
 ) -> None:
@@ -137,11 +138,11 @@ def eval_command(
         _eval_checkpoint(
             target, data, out_dir, threshold=threshold, backend=backend.value, taxonomy=taxonomy, overlays=overlays,
             as_json=as_json, source=source or Source.head, teachers=teachers, batch_size=batch_size or 4,
-            max_new_tokens=max_new_tokens or 1024, device=device, dtype=None if dtype in (None, DType.auto) else dtype.value,
+            max_new_tokens=max_new_tokens or 1024, hypotheses=hypotheses or 1, device=device, dtype=None if dtype in (None, DType.auto) else dtype.value,
         )  # fmt: skip
         return
     given = [name for name, value in (("--source", source), ("--teachers", teachers), ("--batch-size", batch_size),
-             ("--max-new-tokens", max_new_tokens), ("--device", device), ("--dtype", dtype)) if value is not None]  # fmt: skip
+             ("--max-new-tokens", max_new_tokens), ("--hypotheses", hypotheses), ("--device", device), ("--dtype", dtype)) if value is not None]  # fmt: skip
     if given:
         raise UsageError(f"{', '.join(given)} apply to a checkpoint folder, not to a predictions file", hint="drop them, or pass a checkpoint folder")
     if data is None:

@@ -34,7 +34,7 @@ class DType(str, Enum):
 
 HELP = """Detect objects in images with a checkpoint written by `bbu train`.
 
-Each image is resized exactly as in training; boxes come back in the pixels of the original image as it stands upright (EXIF orientation applied). --source head reads the detection head (score = objectness); --source lm generates the grounding answer greedily (score = mean token log-probability of each object's text; unparseable answers are counted).
+Each image is resized exactly as in training; boxes come back in the pixels of the original image as it stands upright (EXIF orientation applied). --source head reads the detection head (class: the most likely class desc under its caption decoder; score = objectness x that class's probability); --source lm generates the grounding answer greedily (score = mean token log-probability of each object's text; unparseable answers are counted).
 
 Writes the bbu predictions JSONL (one line per image: image, width, height, objects with bbox_2d, desc, score; source; unparseable; raw for lm) to --out, or to stdout without --out; --render draws the boxes on the images (JPEG).
 

@@ -107,6 +107,7 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     top_k: int | None = DEFAULT_TOP_K,
+    hypotheses: int = 1,
     device: str | None = None,
     dtype: str | None = None,
     write: bool = True,
@@ -116,6 +117,7 @@ def evaluate_checkpoint(
 
     threshold: the score threshold of the operating point (None: best F1 on this split);
     taxonomy: tells defect classes apart (default: the checkpoint's taxonomy.yaml, else built-in).
+    hypotheses: classes per head query (`Inference`; 1: one box per query).
     """
     sources = tuple(dict.fromkeys(sources))
     if not sources or any(s not in SOURCES for s in sources):
@@ -140,6 +142,8 @@ def evaluate_checkpoint(
         batch_size=batch_size,
         device=resolved_device,
         max_tokens=ckpt.max_tokens,
+        class_descs=ckpt.class_descs(),
+        hypotheses=hypotheses,
     )
 
     unreadable = [image.key for image in ground_truth.images if image.file is None]
@@ -185,6 +189,7 @@ def evaluate_checkpoint(
                 "images": len(ground_truth.images), "images_predicted": len(scored),
                 "seconds_per_image": round(seconds, 4), "batch_size": batch_size, "device": str(resolved_device),
                 "max_new_tokens": max_new_tokens if source == "lm" else None, "top_k": top_k,
+                "hypotheses": hypotheses if source == "head" else None,
                 "unparseable": sum(p.detections.unparseable for p in found),
                 "teachers_mean": round(sum(p.teachers for p in found) / max(len(found), 1), 3),
                 "prompt_tokens_mean": round(sum(p.prompt_tokens for p in found) / max(len(found), 1), 1),

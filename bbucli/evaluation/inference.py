@@ -10,10 +10,14 @@ pixel limits and training prompts; optional teacher episodes come first.
 
 Frames: the model sees the resized image (`model_wh`); every returned box is xyxy in pixels of
 the original image as it stands upright (EXIF orientation applied, `image_wh`), clipped to it.
-- head: normalised cxcywh x `image_wh` (the resize is a per-axis scaling); score = sigmoid of the
-  objectness logit; desc = the caption decoder's greedy caption (compact vocabulary -> Qwen ids ->
-  text); padded queries (`query_mask` False) are skipped; the top `top_k` by score are kept, then
-  those >= `score_threshold`.
+- head: normalised cxcywh x `image_wh` (the resize is a per-axis scaling); padded queries
+  (`query_mask` False) are skipped. With known classes (`class_descs`, from_checkpoint: the
+  taxonomy's descs the caption vocabulary can spell) each query is labelled by the caption
+  decoder's likelihood of every class desc (teacher-forced, softmax over the classes) and
+  score = sigmoid(objectness) x p(class); a query yields its `hypotheses` best classes (DETR's
+  top-k over query x class pairs; 1: one box per query). Without classes: desc = the greedy
+  caption (compact vocabulary -> Qwen ids -> text), score = sigmoid(objectness). The top `top_k`
+  by score are kept, then those >= `score_threshold`.
 - lm: the greedy answer (`bbucli.evaluation.generation`) parsed by `parse_answer`; integer boxes
   of `model_wh` scaled per axis to `image_wh`; score = mean token log-probability of the object's
   `{...}` item (`bbucli.evaluation.answer_detections`). An answer that is not one complete valid list
@@ -46,11 +50,13 @@ from bbucli.evaluation.prompting import (
 )
 from bbucli.evaluation.types import Detections
 from bbucli.geometry import denormalize_cxcywh
-from bbucli.model.caption_vocab import CaptionVocab
+from bbucli.model.caption_vocab import PAD, UNK, CaptionVocab
+from bbucli.model.multitask import caption_token_ids
 
 if TYPE_CHECKING:
     from bbucli.chat.loading import VLProcessor
     from bbucli.model.bbu_model import BBUModel
+    from bbucli.model.head import HeadOutput
 
 Source = Literal["head", "lm"]
 SOURCES: tuple[str, ...] = ("head", "lm")
@@ -90,9 +96,13 @@ class Inference:
         batch_size: int = 4,
         device: str | torch.device | None = None,
         max_tokens: int | None = None,
+        class_descs: Sequence[str] | None = None,
+        hypotheses: int = 1,
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        if hypotheses < 1:
+            raise UsageError(f"hypotheses must be >= 1, got {hypotheses}")
         self.model = model.eval()
         self.processor = processor
         self.prompts = prompts
@@ -111,6 +121,18 @@ class Inference:
         )
         self.collate = StandardDataCollator(self.pad_id, padding_side="left")
         self.prompt_builder = PromptBuilder(processor, prompts, max_tokens)
+        self.hypotheses = hypotheses
+        self.class_descs: tuple[str, ...] = ()
+        self._class_targets: torch.Tensor | None = None
+        vocab = model.caption_vocab
+        if class_descs and vocab is not None and model.head.caption_decoder is not None:
+            # Only descs the vocabulary can spell: an unknown token is UNK, never generated.
+            ids = {d: caption_token_ids(tokenizer, d) for d in dict.fromkeys(class_descs)}
+            known = [d for d, t in ids.items() if UNK not in vocab.encode(t)]
+            if known:
+                self.class_descs = tuple(known)
+                max_len = model.head.config.caption_max_len
+                self._class_targets = vocab.targets([ids[d] for d in known], max_len)
 
     @classmethod
     def from_checkpoint(
@@ -121,6 +143,7 @@ class Inference:
         batch_size: int = 4,
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
+        hypotheses: int = 1,
     ) -> Inference:
         """Load a `bbu train` checkpoint folder (`bbucli.model.checkpoint`) with its training
         prompts and token budget; device default: CUDA when available, else CPU."""
@@ -138,6 +161,8 @@ class Inference:
             batch_size=batch_size,
             device=device,
             max_tokens=checkpoint.max_tokens,
+            class_descs=checkpoint.class_descs(),
+            hypotheses=hypotheses,
         )
 
     # ---- public ------------------------------------------------------------------------------
@@ -244,23 +269,16 @@ class Inference:
         out = self.model(batch).head
         if out is None or out.pred_logits.shape[0] != len(prepared):
             raise ModelError("the detection head saw no student image")  # every prompt has one
-        scores_all = torch.sigmoid(out.pred_logits.float()).masked_fill(~out.query_mask, -1.0)
-        keep_per_row: list[torch.Tensor] = []
-        for row in range(len(prepared)):
-            scores = scores_all[row]
-            order = torch.argsort(scores, descending=True)[: int(out.query_mask[row].sum())]
-            if top_k is not None:
-                order = order[:top_k]
-            if threshold is not None:
-                order = order[scores[order] >= threshold]
-            keep_per_row.append(order)
-        descs = self._captions(out.hidden, keep_per_row)
+        if self._class_targets is not None:
+            chosen = self._class_pairs(out, threshold, top_k)
+        else:
+            chosen = self._greedy(out, threshold, top_k)
         predictions = []
-        for row, (p, keep) in enumerate(zip(prepared, keep_per_row, strict=True)):
+        for row, (p, (keep, scores, descs)) in enumerate(zip(prepared, chosen, strict=True)):
             boxes = denormalize_cxcywh(out.pred_boxes[row, keep].float().cpu(), p.image_wh).numpy()
-            scores = scores_all[row, keep].cpu().numpy()
+            scores = scores.cpu().numpy()
             valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            row_descs = [d for d, v in zip(descs[row], valid, strict=True) if v]
+            row_descs = [d for d, v in zip(descs, valid, strict=True) if v]
             dets = Detections(
                 p.key,
                 boxes[valid],
@@ -273,6 +291,55 @@ class Inference:
                 Prediction(dets, None, None, p.sample.length, p.teachers, p.model_wh)
             )
         return predictions
+
+    def _greedy(
+        self, out: HeadOutput, threshold: float | None, top_k: int | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """Per row: (kept queries, their objectness, their greedy captions), best first."""
+        scores_all = torch.sigmoid(out.pred_logits.float()).masked_fill(~out.query_mask, -1.0)
+        keep_per_row: list[torch.Tensor] = []
+        for row in range(scores_all.shape[0]):
+            scores = scores_all[row]
+            order = torch.argsort(scores, descending=True)[: int(out.query_mask[row].sum())]
+            if top_k is not None:
+                order = order[:top_k]
+            if threshold is not None:
+                order = order[scores[order] >= threshold]
+            keep_per_row.append(order)
+        descs = self._captions(out.hidden, keep_per_row)
+        return [
+            (keep, scores_all[row, keep], descs[row]) for row, keep in enumerate(keep_per_row)
+        ]
+
+    def _class_pairs(
+        self, out: HeadOutput, threshold: float | None, top_k: int | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """Per row: (query of each kept (query, class) pair, objectness x p(class), class desc),
+        best first; each query gives its `hypotheses` most likely classes."""
+        targets = self._class_targets.to(out.hidden.device)
+        n_classes, per_query = len(self.class_descs), min(self.hypotheses, len(self.class_descs))
+        chosen = []
+        for row in range(out.hidden.shape[0]):
+            n = int(out.query_mask[row].sum())
+            hidden = out.hidden[row, :n].float()  # valid queries come first
+            log_p = self.model.head.caption_logits(
+                hidden.repeat_interleave(n_classes, 0), targets.repeat(n, 1)
+            ).float().log_softmax(-1)
+            picked = log_p.gather(-1, targets.repeat(n, 1)[..., None]).squeeze(-1)
+            likelihood = picked.masked_fill(targets.repeat(n, 1) == PAD, 0.0).sum(-1)
+            p_class = likelihood.view(n, n_classes).softmax(-1)
+            objectness = torch.sigmoid(out.pred_logits[row, :n].float())
+            best, classes = p_class.topk(per_query, dim=-1)
+            scores = (objectness[:, None] * best).flatten()
+            queries = torch.arange(n, device=scores.device).repeat_interleave(per_query)
+            order = torch.argsort(scores, descending=True)
+            if top_k is not None:
+                order = order[:top_k]
+            if threshold is not None:
+                order = order[scores[order] >= threshold]
+            descs = [self.class_descs[int(c)] for c in classes.flatten()[order]]
+            chosen.append((queries[order], scores[order], descs))
+        return chosen
 
     def _captions(self, hidden: torch.Tensor, keep_per_row: list[torch.Tensor]) -> list[list[str]]:
         """Greedy captions of the kept queries, decoded to text (UNCAPTIONED when empty or when

@@ -89,19 +89,25 @@ class Checkpoint:
         builds them: the classes of the checkpoint's taxonomy.yaml (else the config's
         `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang` (default zh)."""
         from bbucli.chat.prompts import Prompts, build_prompts
-        from bbucli.taxonomy import Taxonomy
 
         saved = self.meta.get("prompts")
         if isinstance(saved, Mapping):
             return Prompts(system=str(saved["system"]), instruction=str(saved["instruction"]))
         data = self.config.get("data") or {}
         lang = data.get("lang", "zh")
+        return build_prompts(self.class_descs(), lang, list_classes=bool(data.get("prompt_classes", True)))
+
+    def class_descs(self) -> list[str]:
+        """The class descs the model was trained on: those of the checkpoint's taxonomy.yaml (else
+        the config's `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang`."""
+        from bbucli.taxonomy import Taxonomy
+
+        data = self.config.get("data") or {}
         taxonomy_file = self.path / TAXONOMY_FILE
         if not taxonomy_file.is_file():
             configured = data.get("taxonomy")
             taxonomy_file = Path(configured) if configured and Path(configured).is_file() else None
-        taxonomy = Taxonomy.load(taxonomy_file)
-        return build_prompts(taxonomy.descs(lang), lang, list_classes=bool(data.get("prompt_classes", True)))
+        return list(Taxonomy.load(taxonomy_file).descs(data.get("lang", "zh")))
 
 
 def is_checkpoint(path: str | Path) -> bool:

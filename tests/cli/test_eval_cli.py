@@ -163,12 +163,18 @@ def test_checkpoint_both_sources_on_the_configured_val_split(checkpoint):
 def test_checkpoint_with_explicit_data_json_and_no_teachers(checkpoint, tmp_path):
     ckpt, val = checkpoint
     out = tmp_path / "out"
-    result = invoke(ckpt, "--data", val, "--out", out, "--teachers", "0", "--backend", "pycocotools", "--json", "--overlays", "0")
+    result = invoke(ckpt, "--data", val, "--out", out, "--teachers", "0", "--backend", "pycocotools", "--json", "--overlays", "0", "--hypotheses", "2")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["counts"]["images"] == 2 and metrics["counts"]["predictions"] > 0
     assert (out / "metrics.json").is_file() and (out / "predictions.jsonl").is_file()
-    assert json.loads((out / "inference.json").read_text())["teachers"] == 0
+    info = json.loads((out / "inference.json").read_text())
+    assert info["teachers"] == 0 and info["hypotheses"] == 2
+    # Both classes the caption vocabulary spells label every query: two boxes per query.
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for line in lines:
+        descs = [o["desc"] for o in line["objects"]]
+        assert set(descs) == {"挡风板/安装", "BBU品牌/华为"} and descs.count("挡风板/安装") == len(descs) / 2
 
 
 def test_checkpoint_on_a_split_whose_images_are_elsewhere_exits_1(checkpoint, tmp_path):

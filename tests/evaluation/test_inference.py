@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from bbucli.chat.answer import render_answer
@@ -27,9 +28,10 @@ from bbucli.evaluation.inference import Inference
 from bbucli.evaluation.prompting import PromptBuilder, teacher_samples
 from bbucli.geometry import resized_wh
 from bbucli.model.bbu_model import BBUModel
+from bbucli.model.caption_vocab import PAD
 from bbucli.model.checkpoint import save_checkpoint
 from bbucli.model.loading import load_model
-from bbucli.model.multitask import build_caption_vocab
+from bbucli.model.multitask import build_caption_vocab, caption_token_ids
 from bbucli.schema import DetObject, Episode, Sample
 
 RAW = Path(__file__).resolve().parents[2] / "examples" / "raw"
@@ -102,6 +104,40 @@ def test_top_k_and_threshold(inference):
     assert len(kept) == int((all_boxes.scores >= cut).sum()) and (kept.scores >= cut).all()
     [none] = inference.predict_detection([UPRIGHT], score_threshold=1.01)
     assert len(none) == 0 and none.boxes_px.shape == (0, 4)
+
+
+def test_head_classes_come_from_the_caption_likelihood_of_each_class(inference):
+    """Each query's class probabilities are the softmax of the caption decoder's log-likelihood
+    of every class desc, recomputed here query by query; score = objectness x p(class)."""
+    model, vocab = inference.model, inference.model.caption_vocab
+    build = lambda h: Inference(model, inference.processor, inference.prompts, device="cpu",  # noqa: E731
+                                class_descs=[*DESCS, "未知类别"], hypotheses=h)  # fmt: skip
+    every, best = build(3), build(1)
+    assert every.class_descs == DESCS  # a desc the caption vocabulary cannot spell is left out
+    batch = inference.collate([inference.prepare(UPRIGHT)])
+    with torch.no_grad():
+        head = model(batch).head
+        n = int(head.query_mask[0].sum())
+        targets = vocab.targets([caption_token_ids(inference.tokenizer, d) for d in DESCS], 8)
+        likelihood = torch.zeros(n, len(DESCS))
+        for q in range(n):
+            for c in range(len(DESCS)):
+                logits = model.head.caption_logits(head.hidden[0, q][None], targets[c][None])[0]
+                likelihood[q, c] = -F.cross_entropy(logits, targets[c], ignore_index=PAD, reduction="sum")
+        p_class = likelihood.softmax(-1)
+        objectness = torch.sigmoid(head.pred_logits[0, :n])
+    [dets] = every.predict_detection([UPRIGHT], top_k=None)
+    expected = (objectness[:, None] * p_class).flatten().sort(descending=True).values
+    assert len(dets) == 3 * n and np.allclose(dets.scores, expected.numpy(), atol=1e-6)
+    assert sorted(dets.descs) == sorted(DESCS * n)
+    [one] = best.predict_detection([UPRIGHT], top_k=None)
+    top, which = p_class.max(-1)
+    order = (objectness * top).argsort(descending=True)
+    assert np.allclose(one.scores, (objectness * top)[order].numpy(), atol=1e-6)
+    assert list(one.descs) == [DESCS[int(c)] for c in which[order]]
+    # Without known classes the head falls back to greedy captions scored by objectness.
+    [greedy] = Inference(model, inference.processor, inference.prompts, device="cpu").predict_detection([UPRIGHT], top_k=None)
+    assert np.allclose(greedy.scores, objectness.sort(descending=True).values.numpy(), atol=1e-6)
 
 
 def test_a_pil_image_gives_what_its_file_gives(inference):
