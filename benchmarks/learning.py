@@ -43,7 +43,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bbucli.demo import DemoProgress, DemoResult, run_demo
+from bbucli.demo import DEMO_HYPOTHESES, DemoProgress, DemoResult, run_demo
 from bbucli.evaluation.plots import font
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,8 @@ def evaluate_saves(recorder: SaveRecorder, result: DemoResult) -> list[CurvePoin
             print(f"{save.path} is gone (deleted by the rotation?): skipped", file=sys.stderr)
             continue
         print(f"evaluating {save.path.name} ({i}/{len(todo)})", flush=True)
-        run = evaluate_checkpoint(save.path, val, None, sources=("head",), write=False)
+        run = evaluate_checkpoint(save.path, val, None, sources=("head",), write=False,
+                                  hypotheses=DEMO_HYPOTHESES)
         coco = run.sources[0].result.coco
         points.append(CurvePoint(
             save.step, save.train_s, save.demo_s, coco.get("AP50"), coco.get("AP"), str(save.path), save.save_s,
