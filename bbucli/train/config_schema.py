@@ -176,12 +176,9 @@ class DetectionSection(_Section):
         description="which LLM hidden states of the prompt form the head's language memory: "
         "1..num_layers after that decoder layer, negative from the end, -1 the final output",
     )
-    vision_source: Literal["merger", "llm"] = Field(
-        "merger",
-        description="the head's vision memory: the merger's tokens (merger), or the LLM's hidden "
-        "states at the student image's tokens, from the same layer as text_layer (llm: deeper "
-        "features at no extra cost, shaped by the LM loss too)",
-    )
+    vision_source: Literal["merger", "llm"] = Field("merger", description=(
+        "the head's vision memory: the merger's tokens (merger), or the LLM's hidden states at the "
+        "student image's tokens, from the same layer as text_layer (llm: deeper, at no extra cost)"))
     captions: Bool = Field(
         True, description="build the caption decoder (trained with loss.caption_weight)"
     )
@@ -221,13 +218,9 @@ class LossSection(_Section):
         5.0, ge=0.0, description="Hungarian matching cost of the L1 box distance"
     )
     cost_giou: Float = Field(2.0, ge=0.0, description="Hungarian matching cost of the GIoU")
-    cost_center: Float = Field(
-        0.0,
-        ge=0.0,
-        description="Hungarian matching cost of a query whose token cell is outside the target "
-        "box grown by half a cell (a spatial prior: objects match the queries around them; "
-        "0: off, 100: as good as a hard constraint)",
-    )
+    cost_center: Float = Field(0.0, ge=0.0, description=(
+        "Hungarian matching cost of a query whose token cell is outside the target box grown by half "
+        "a cell (a spatial prior: objects match the queries around them; 0: off, 100: a hard rule)"))
     focal_alpha: Float = Field(
         0.25, description="objectness focal loss alpha (weight of positives)"
     )
