@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from bbucli.chat.processor import ChatProcessorOutput
 from bbucli.chat.prompts import Prompts
@@ -296,49 +297,34 @@ class Inference:
         self, out: HeadOutput, threshold: float | None, top_k: int | None
     ) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """Per row: (kept queries, their objectness, their greedy captions), best first."""
-        scores_all = torch.sigmoid(out.pred_logits.float()).masked_fill(~out.query_mask, -1.0)
-        keep_per_row: list[torch.Tensor] = []
-        for row in range(scores_all.shape[0]):
-            scores = scores_all[row]
-            order = torch.argsort(scores, descending=True)[: int(out.query_mask[row].sum())]
-            if top_k is not None:
-                order = order[:top_k]
-            if threshold is not None:
-                order = order[scores[order] >= threshold]
-            keep_per_row.append(order)
-        descs = self._captions(out.hidden, keep_per_row)
-        return [
-            (keep, scores_all[row, keep], descs[row]) for row, keep in enumerate(keep_per_row)
-        ]
+        kept = []
+        for row in range(out.hidden.shape[0]):
+            n = int(out.query_mask[row].sum())  # valid queries come first
+            scores = torch.sigmoid(out.pred_logits[row, :n].float())
+            order = _best_first(scores, top_k, threshold)
+            kept.append((order, scores[order]))
+        descs = self._captions(out.hidden, [order for order, _ in kept])
+        return [(order, scores, d) for (order, scores), d in zip(kept, descs, strict=True)]
 
     def _class_pairs(
         self, out: HeadOutput, threshold: float | None, top_k: int | None
     ) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """Per row: (query of each kept (query, class) pair, objectness x p(class), class desc),
         best first; each query gives its `hypotheses` most likely classes."""
-        targets = self._class_targets.to(out.hidden.device)
         n_classes, per_query = len(self.class_descs), min(self.hypotheses, len(self.class_descs))
         chosen = []
         for row in range(out.hidden.shape[0]):
-            n = int(out.query_mask[row].sum())
-            hidden = out.hidden[row, :n].float()  # valid queries come first
-            log_p = self.model.head.caption_logits(
-                hidden.repeat_interleave(n_classes, 0), targets.repeat(n, 1)
-            ).float().log_softmax(-1)
-            picked = log_p.gather(-1, targets.repeat(n, 1)[..., None]).squeeze(-1)
-            likelihood = picked.masked_fill(targets.repeat(n, 1) == PAD, 0.0).sum(-1)
-            p_class = likelihood.view(n, n_classes).softmax(-1)
-            objectness = torch.sigmoid(out.pred_logits[row, :n].float())
+            n = int(out.query_mask[row].sum())  # valid queries come first
+            hidden = out.hidden[row, :n].float().repeat_interleave(n_classes, 0)
+            targets = self._class_targets.to(hidden.device).repeat(n, 1)  # (n * C, L)
+            logits = self.model.head.caption_logits(hidden, targets).float()
+            nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none")
+            p_class = (-nll.sum(-1)).view(n, n_classes).softmax(-1)
             best, classes = p_class.topk(per_query, dim=-1)
-            scores = (objectness[:, None] * best).flatten()
-            queries = torch.arange(n, device=scores.device).repeat_interleave(per_query)
-            order = torch.argsort(scores, descending=True)
-            if top_k is not None:
-                order = order[:top_k]
-            if threshold is not None:
-                order = order[scores[order] >= threshold]
+            scores = (torch.sigmoid(out.pred_logits[row, :n].float())[:, None] * best).flatten()
+            order = _best_first(scores, top_k, threshold)
             descs = [self.class_descs[int(c)] for c in classes.flatten()[order]]
-            chosen.append((queries[order], scores[order], descs))
+            chosen.append((order // per_query, scores[order], descs))
         return chosen
 
     def _captions(self, hidden: torch.Tensor, keep_per_row: list[torch.Tensor]) -> list[list[str]]:
@@ -391,3 +377,13 @@ class Inference:
                 Prediction(dets, text, error, p.sample.length, p.teachers, p.model_wh)
             )
         return predictions
+
+
+def _best_first(scores: torch.Tensor, top_k: int | None, threshold: float | None) -> torch.Tensor:
+    """Indices of `scores` (1-D) from best to worst, at most top_k of them, none below threshold."""
+    order = torch.argsort(scores, descending=True)
+    if top_k is not None:
+        order = order[:top_k]
+    if threshold is not None:
+        order = order[scores[order] >= threshold]
+    return order
