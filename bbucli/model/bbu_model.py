@@ -44,6 +44,7 @@ from torch.nn.utils.rnn import pad_sequence
 from bbucli.errors import ConfigError
 from bbucli.model.caption_vocab import CaptionVocab
 from bbucli.model.head import DetectionHead, HeadConfig, HeadOutput
+from bbucli.model.pixel_stem import student_pixels
 
 #: `<|im_start|>` of the Qwen2.5 vocabulary (the config does not carry it).
 IM_START_ID = 151644
@@ -147,7 +148,10 @@ class BBUModel(nn.Module):
         self.num_layers = num_layers
         self.image_token_id = int(qwen.config.image_token_id)
         self.im_start_id = int(im_start_id)
-        self.merge_size = int(qwen.config.vision_config.spatial_merge_size)
+        vision_config = qwen.config.vision_config
+        self.merge_size = int(vision_config.spatial_merge_size)
+        self.patch_size = int(vision_config.patch_size)
+        self.temporal_patch_size = int(vision_config.temporal_patch_size)
 
     @classmethod
     def from_qwen(
@@ -222,7 +226,16 @@ class BBUModel(nn.Module):
         text_mask = _length_mask([len(t) for t in layout.text_index], device)
         text_memory = flat[text_index] * text_mask[..., None].to(flat.dtype)
 
-        head_out = self.head(vision_memory, vision_mask, grid_hw, text_memory, text_mask)
+        pixels = pixel_hw = None
+        if self.head.pixel_stem is not None:
+            pixels, pixel_hw = student_pixels(
+                pixel_values, grid_thw, layout.images, patch_size=self.patch_size,
+                merge_size=self.merge_size, temporal_patch_size=self.temporal_patch_size,
+            )  # fmt: skip
+        head_out = self.head(
+            vision_memory, vision_mask, grid_hw, text_memory, text_mask,
+            pixels=pixels, pixel_hw=pixel_hw,
+        )  # fmt: skip
         return BBUOutput(
             hidden_states=hidden,
             head=head_out,

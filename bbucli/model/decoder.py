@@ -13,6 +13,7 @@ Boxes are normalised cxcywh in [0, 1] of the resized image. Parameter names: `la
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -128,9 +129,11 @@ class RefiningDecoder(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         memory_mask: torch.Tensor,
+        roi: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
         """queries (B, Q, W) content; reference (B, Q, 4) initial boxes; query_mask (B, Q);
-        memory, memory_pos (B, M, W); memory_mask (B, M).
+        memory, memory_pos (B, M, W); memory_mask (B, M); roi: optional boxes (B, Q, 4) ->
+        (B, Q, W) features read over each box, added to the queries at each layer's reference.
 
         Returns per-layer objectness logits (B, Q) (padding queries at `PAD_LOGIT`), per-layer
         boxes (B, Q, 4) normalised cxcywh, and the last layer's hidden state (B, Q, W).
@@ -138,6 +141,8 @@ class RefiningDecoder(nn.Module):
         logits, boxes = [], []
         x, ref = queries, reference.detach()
         for layer in self.layers:
+            if roi is not None:
+                x = x + roi(ref)
             # The position follows the refined box (DAB-DETR), so later layers attend around where
             # the box now is rather than where its token was.
             x = layer(x, self.box_position(ref), query_mask, memory, memory_pos, memory_mask)

@@ -9,11 +9,16 @@ and the last hidden states of the student's prompt, both of the language model's
     queries x memory --decoder (layers, refinement)--> per-layer logits (B, Q), boxes (B, Q, 4)
     final hidden (B, Q, W) --caption_decoder--> caption logits (B, Q, L, V_caption)
 
+With `stem_width`, the student image's pixels also go through a conv stem (`pixel_stem`), and the
+stem's features sampled over a box (`roi_proj`) are added to every query before each decoder layer
+(at the layer's reference box) and to every token before the token stage (at its anchor box):
+fine localisation inside a 28-pixel cell (see `bbucli.model.pixel_stem`).
+
 Parameter name prefixes (relative to the head), for the optimizer's parameter groups:
 - `adapter` group: `vision_adapter.`, `language_adapter.`;
 - `detection` group: `token_score_head.`, `token_box_head.`, `query_embed`, `memory_type_embed`, `decoder.`
   (`decoder.layers.`, `decoder.pos_head.`, `decoder.box_head.`, `decoder.obj_head.`),
-  `caption_decoder.`.
+  `caption_decoder.`, `pixel_stem.`, `roi_proj.`.
 `parameter_group(name)` applies this rule.
 
 Boxes are normalised cxcywh in [0, 1] of the resized image. Padding: within an image the valid
@@ -23,6 +28,7 @@ queries come first (`query_mask[b, :n_valid]`); see `HeadOutput` for how a crite
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +39,11 @@ from bbucli.model.adapters import ResidualAdapter
 from bbucli.model.anchors import select_query_tokens, token_cell_boxes
 from bbucli.model.caption_decoder import CaptionDecoder
 from bbucli.model.decoder import MLP, PAD_LOGIT, RefiningDecoder, inverse_sigmoid
+from bbucli.model.pixel_stem import PixelStem, roi_sample
 
 ADAPTER_PREFIXES = ("vision_adapter.", "language_adapter.")
+#: RoI sampling covers a box grown by this factor, so that the box's edges are inside the lattice.
+ROI_EXPAND = 1.5
 
 
 def parameter_group(name: str) -> str:
@@ -49,7 +58,9 @@ class HeadConfig:
     cells (2: a query starts from its token's cell plus half a cell on each side).
     `token_boxes` (two-stage): every vision token also predicts a box, refined from its
     `ref_cells` box by `token_box_head`, and each query starts from its token's predicted box
-    (Deformable DETR's two-stage proposals); the token stage then trains boxes too."""
+    (Deformable DETR's two-stage proposals); the token stage then trains boxes too.
+    `stem_width` > 0 adds the pixel stem of that many channels, read on a `roi_grid` x `roi_grid`
+    lattice over each box; `forward` then needs the student images' pixels."""
 
     llm_hidden: int
     width: int = 256
@@ -64,6 +75,8 @@ class HeadConfig:
     caption_max_len: int = 32
     caption_layers: int = 2
     token_boxes: bool = False
+    stem_width: int = 0
+    roi_grid: int = 4
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,6 +89,8 @@ class HeadConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.prior_prob < 1.0:
             problems.append(f"prior_prob must be in (0, 1), got {self.prior_prob}")
+        if self.stem_width < 0 or self.roi_grid < 1:
+            problems.append(f"stem_width must be >= 0 and roi_grid >= 1, got {self.stem_width}, {self.roi_grid}")
         if self.ref_cells <= 0:
             problems.append(f"ref_cells must be > 0, got {self.ref_cells}")
         if self.caption_vocab_size < 0 or 0 < self.caption_vocab_size < 5:
@@ -165,6 +180,13 @@ class DetectionHead(nn.Module):
         nn.init.constant_(
             self.token_score_head.bias, -math.log((1.0 - config.prior_prob) / config.prior_prob)
         )
+        self.pixel_stem: PixelStem | None = None
+        self.roi_proj: nn.Sequential | None = None
+        if config.stem_width:
+            self.pixel_stem = PixelStem(config.stem_width)
+            self.roi_proj = nn.Sequential(
+                nn.Linear(config.roi_grid**2 * config.stem_width, w), nn.LayerNorm(w)
+            )
         self.caption_decoder: CaptionDecoder | None = None
         if config.caption_vocab_size:
             self.caption_decoder = CaptionDecoder(
@@ -186,6 +208,8 @@ class DetectionHead(nn.Module):
         text_tokens: torch.Tensor,
         text_mask: torch.Tensor,
         caption_targets: torch.Tensor | None = None,
+        pixels: torch.Tensor | None = None,
+        pixel_hw: torch.Tensor | None = None,
     ) -> HeadOutput:
         """Detect in a batch of B student images.
 
@@ -196,6 +220,9 @@ class DetectionHead(nn.Module):
         caption_targets: optional (B, Q, L) compact ids (`CaptionVocab.targets`) for teacher
             forcing on every query; training usually needs only the matched queries, which
             `caption_logits(hidden[b, q], targets)` computes far more cheaply.
+        pixels: (B, 3, H, W) the student images, normalised as the vision tower reads them,
+            zero-padded to a common canvas, and pixel_hw (B, 2) their sizes (h, w): needed with
+            `stem_width` (`bbucli.model.pixel_stem.student_pixels` makes both from a batch).
         """
         b, n_vis, _ = vision_tokens.shape
         vision_mask, text_mask = vision_mask.bool(), text_mask.bool()
@@ -219,20 +246,23 @@ class DetectionHead(nn.Module):
 
         vision = self.vision_adapter(vision_tokens)
         text = self.language_adapter(text_tokens)
-        token_logits = self.token_score_head(vision).squeeze(-1).float()
+        cells = token_cell_boxes(grid_hw, n_vis, cells=1.0)
+        anchors = token_cell_boxes(grid_hw, n_vis, cells=self.config.ref_cells)
+        roi = self._roi_reader(pixels, pixel_hw, b, vision.dtype)
+        # Token features for the token stage and the queries; the memory keeps the plain tokens.
+        tokens = vision if roi is None else vision + roi(anchors)
+        token_logits = self.token_score_head(tokens).squeeze(-1).float()
         token_logits = token_logits.masked_fill(~vision_mask, PAD_LOGIT)
         index, query_mask = select_query_tokens(token_logits, vision_mask, self.config.max_queries)
 
-        cells = token_cell_boxes(grid_hw, n_vis, cells=1.0)
-        anchors = token_cell_boxes(grid_hw, n_vis, cells=self.config.ref_cells)
         if self.token_box_head is not None:
             # fp32 refinement, as in the decoder.
-            token_boxes = (inverse_sigmoid(anchors) + self.token_box_head(vision).float()).sigmoid()
+            token_boxes = (inverse_sigmoid(anchors) + self.token_box_head(tokens).float()).sigmoid()
             reference = token_boxes.detach()
         else:
             token_boxes, reference = cells, anchors
         reference = reference.gather(1, index[..., None].expand(-1, -1, 4))
-        queries = vision.gather(1, index[..., None].expand(-1, -1, vision.shape[-1]))
+        queries = tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
         queries = queries + self.query_embed
 
         vision_pos = self.decoder.box_position(cells) + self.memory_type_embed[0]
@@ -242,7 +272,7 @@ class DetectionHead(nn.Module):
         memory_mask = torch.cat((vision_mask, text_mask), dim=1)
 
         logits, boxes, hidden = self.decoder(
-            queries, reference, query_mask, memory, memory_pos, memory_mask
+            queries, reference, query_mask, memory, memory_pos, memory_mask, roi=roi
         )
         caption_logits = None
         if caption_targets is not None:
@@ -279,6 +309,23 @@ class DetectionHead(nn.Module):
         (`CaptionVocab.decode` turns a row into Qwen token ids)."""
         flat = self._captioner().generate(hidden.reshape(-1, hidden.shape[-1]), max_len)
         return flat.view(*hidden.shape[:-1], flat.shape[-1])
+
+    def _roi_reader(
+        self, pixels: torch.Tensor | None, pixel_hw: torch.Tensor | None, b: int, dtype: torch.dtype
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """boxes (B, N, 4) -> (B, N, W) projected stem features over each box; None without a stem."""
+        if self.pixel_stem is None or self.roi_proj is None:
+            return None
+        if pixels is None or pixel_hw is None or pixels.shape[0] != b or pixel_hw.shape != (b, 2):
+            raise ValueError(
+                f"this head has a pixel stem: forward needs pixels (B={b}, 3, H, W) and pixel_hw "
+                f"(B, 2), got {None if pixels is None else tuple(pixels.shape)}"
+            )
+        features = self.pixel_stem(pixels.to(dtype), pixel_hw)
+        canvas = torch.tensor(pixels.shape[-2:], device=pixel_hw.device)
+        extent = (pixel_hw / canvas).flip(-1)  # (w, h) share of the canvas
+        grid, proj = self.config.roi_grid, self.roi_proj
+        return lambda boxes: proj(roi_sample(features, boxes, extent, grid, ROI_EXPAND))
 
     def _captioner(self) -> CaptionDecoder:
         if self.caption_decoder is None:

@@ -142,22 +142,14 @@ class DetectionSection(_Section):
     """`HeadConfig` fields except llm_hidden and caption_vocab_size (known once the model and the
     data are), plus `BBUModel`'s text_layer and whether to build the caption decoder."""
 
-    width: Int = Field(
-        256, ge=1, description="hidden size of the head; divisible by 4 and by heads"
-    )
+    width: Int = Field(256, ge=1, description="hidden size of the head; divisible by 4 and by heads")
     layers: Int = Field(4, ge=1, description="decoder layers of the head")
     heads: Int = Field(8, ge=1, description="attention heads per decoder layer")
     ffn: Int = Field(1024, ge=1, description="feed-forward hidden size of a decoder layer")
-    max_queries: Int = Field(
-        300, ge=1, description="object queries per image: the top-scoring vision tokens"
-    )
+    max_queries: Int = Field(300, ge=1, description="object queries per image: the top-scoring vision tokens")
     dropout: Float = Field(0.0, ge=0.0, lt=1.0, description="dropout in the head's decoder")
-    prior_prob: Float = Field(
-        0.01,
-        gt=0.0,
-        lt=1.0,
-        description="initial objectness probability of every query (focal-loss prior)",
-    )
+    prior_prob: Float = Field(0.01, gt=0.0, lt=1.0, description=(
+        "initial objectness probability of every query (focal-loss prior)"))
     ref_cells: Float = Field(
         2.0,
         gt=0.0,
@@ -171,6 +163,10 @@ class DetectionSection(_Section):
         description="two-stage: every vision token predicts a box and each query starts from its "
         "token's box (the token stage then trains boxes, see loss.token_matches)",
     )
+    stem_width: Int = Field(0, ge=0, description=(
+        "channels of a conv stem over the student image whose features, sampled over each box, "
+        "refine the head's boxes inside a 28-px cell (0: none; small objects need it)"))
+    roi_grid: Int = Field(4, ge=1, description="with stem_width: samples per side of a box")
     text_layer: Int = Field(
         -1,
         description="which LLM hidden states of the prompt form the head's language memory: "

@@ -21,6 +21,7 @@ from bbucli.model.bbu_model import BBUModel
 from bbucli.model.head import HeadConfig
 from bbucli.model.loading import load_model
 from bbucli.model.multitask import build_caption_vocab
+from bbucli.model.pixel_stem import student_pixels
 from bbucli.schema import DetObject, Episode, Sample
 
 PAD = 151643
@@ -395,3 +396,28 @@ def test_packed_rows_hand_their_boundaries_to_flash_attention(processor, samples
     seen.clear()
     run(model, standard(samples["one"], samples["two"]))  # padded rows: the mask says it all
     assert all(cu is None for cu, _ in seen)
+
+
+def test_pixel_stem_reads_the_student_image(processor, samples, root) -> None:
+    """The head's pixels are the student image (not its teacher), in padded and packed batches:
+    the head called by hand on the student files' own processor output gives the same boxes."""
+    model = build_model(processor, stem_width=8, roi_grid=2)
+    one, two = samples["one"], samples["two"]
+
+    def head_on(names):
+        images = [Image.open(root / name).convert("RGB") for name in names]
+        pix = processor.image_processor(images=images, return_tensors="pt")
+        return student_pixels(
+            pix["pixel_values"], pix["image_grid_thw"], [0, 1], patch_size=14, merge_size=2,
+            temporal_patch_size=2,
+        )  # fmt: skip
+
+    for batch in (standard(one, two), packed(one, two)):
+        out = run(model, batch)
+        memory = (out.vision_memory, out.vision_mask, out.grid_hw, out.text_memory, out.text_mask)
+        for names, same in ((("a.png", "b.png"), True), (("a.png", "t.png"), False)):
+            pixels, sizes = head_on(names)
+            with torch.no_grad():
+                by_hand = model.head(*memory, pixels=pixels, pixel_hw=sizes)
+            diff = max(float((x - y).abs().max()) for x, y in zip(out.head.logits, by_hand.logits, strict=True))
+            assert (diff <= 1e-5) == same, (names, diff)

@@ -31,7 +31,7 @@ from bbucli.schema import DetObject, Episode, Sample
 from bbucli.taxonomy import Taxonomy, default_path
 
 DESCS = ("screw/install/ok", "label/sticker/mismatch")
-HEAD = dict(width=64, layers=2, heads=4, ffn=128, caption_max_len=8, max_queries=40)
+HEAD = dict(width=64, layers=2, heads=4, ffn=128, caption_max_len=8, max_queries=40, stem_width=8)
 MAX_PIXELS = 64 * 28 * 28
 CONFIG = "model:\n  path: tiny\ndata:\n  lang: en\n  num_teachers: 1\n"
 TAXONOMY = default_path().read_text(encoding="utf-8")
@@ -94,6 +94,7 @@ def test_layout_and_metadata(saved, model):
     meta = json.loads((saved / "bbu.json").read_text())
     assert meta["format"] == "bbu-checkpoint" and meta["format_version"] == FORMAT_VERSION
     assert meta["head_config"]["width"] == 64 and meta["head_config"]["max_queries"] == 40
+    assert meta["head_config"]["stem_width"] == 8  # the pixel stem is rebuilt on load
     assert meta["text_layer"] == 1 and meta["extra"] == {"step": 7}
     assert meta["vision_source"] == "llm"
     assert meta["caption_vocab"] == model.caption_vocab.to_dict()
@@ -109,7 +110,7 @@ def loaded(saved):
 def test_round_trip_gives_the_same_outputs(loaded, model, processor, batch):
     again = loaded.model
     assert not again.training and again.text_layer == 1 and again.caption_vocab == model.caption_vocab
-    assert again.vision_source == "llm"
+    assert again.vision_source == "llm" and again.head.pixel_stem is not None
     # The tiny model ties lm_head to the embeddings; the tie must survive, not become a copy.
     qwen = again.qwen
     assert qwen.lm_head.weight.data_ptr() == qwen.model.language_model.embed_tokens.weight.data_ptr()
