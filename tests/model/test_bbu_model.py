@@ -31,12 +31,7 @@ SIZES = {"a.png": (56, 84), "a2.png": (56, 84), "b.png": (112, 56), "t.png": (84
          "t2.png": (84, 56)}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

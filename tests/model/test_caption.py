@@ -13,15 +13,7 @@ from bbucli.errors import ModelError
 from bbucli.model.caption_decoder import CaptionDecoder
 from bbucli.model.caption_vocab import BOS, EOS, N_SPECIAL, PAD, UNK, CaptionVocab
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second thread only adds contention on a shared CPU (measured:
-    20 ms vs 400 ms per training step on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DESCS = [[151, 9, 77], [9, 9, 4000], [77, 151644]]

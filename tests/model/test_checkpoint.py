@@ -37,12 +37,7 @@ CONFIG = "model:\n  path: tiny\ndata:\n  lang: en\n  num_teachers: 1\n"
 TAXONOMY = default_path().read_text(encoding="utf-8")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

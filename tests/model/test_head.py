@@ -14,15 +14,7 @@ from bbucli.model.caption_vocab import EOS, PAD
 from bbucli.model.decoder import PAD_LOGIT
 from bbucli.model.head import DetectionHead, HeadConfig, parameter_group
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second thread only adds contention on a shared CPU (measured:
-    20 ms vs 400 ms per training step on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D = 32

@@ -49,12 +49,7 @@ def _ap50():
     return module.ap50
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_whole_model_learns_the_bundled_examples(tmp_path) -> None:

@@ -38,12 +38,7 @@ HEAD = dict(width=64, layers=2, heads=4, ffn=128, caption_max_len=8)
 MAX_OBJECTS = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rectangles_set(root: Path, n_images: int, seed: int = 0) -> list[Episode]:

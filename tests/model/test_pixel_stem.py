@@ -16,12 +16,7 @@ PATCH = dict(patch_size=14, merge_size=2, temporal_patch_size=2)
 HEAD = dict(llm_hidden=32, width=64, layers=2, heads=4, ffn=128, stem_width=8, roi_grid=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_student_pixels_undo_the_processor_patch_layout():
