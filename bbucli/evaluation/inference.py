@@ -312,11 +312,12 @@ class Inference:
         """Per row: (query of each kept (query, class) pair, objectness x p(class), class desc),
         best first; each query gives its `hypotheses` most likely classes."""
         n_classes, per_query = len(self.class_descs), min(self.hypotheses, len(self.class_descs))
+        class_targets = self._class_targets.to(out.hidden.device)
         chosen = []
         for row in range(out.hidden.shape[0]):
             n = int(out.query_mask[row].sum())  # valid queries come first
             hidden = out.hidden[row, :n].float().repeat_interleave(n_classes, 0)
-            targets = self._class_targets.to(hidden.device).repeat(n, 1)  # (n * C, L)
+            targets = class_targets.repeat(n, 1)  # (n * C, L)
             logits = self.model.head.caption_logits(hidden, targets).float()
             nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none")
             p_class = (-nll.sum(-1)).view(n, n_classes).softmax(-1)

@@ -94,8 +94,9 @@ class Checkpoint:
         if isinstance(saved, Mapping):
             return Prompts(system=str(saved["system"]), instruction=str(saved["instruction"]))
         data = self.config.get("data") or {}
-        lang = data.get("lang", "zh")
-        return build_prompts(self.class_descs(), lang, list_classes=bool(data.get("prompt_classes", True)))
+        return build_prompts(
+            self.class_descs(), data.get("lang", "zh"), list_classes=bool(data.get("prompt_classes", True))
+        )
 
     def class_descs(self) -> list[str]:
         """The class descs the model was trained on: those of the checkpoint's taxonomy.yaml (else

@@ -128,3 +128,30 @@ def test_head_with_a_stem_needs_the_pixels():
     inputs, _, _ = head_inputs([(2, 2)], [3])
     with pytest.raises(ValueError, match="pixel stem"):
         head(*inputs)
+
+
+def test_each_decoder_layer_reads_at_its_own_reference_box():
+    """The decoder calls the reader once per layer: layer 0 at the initial reference, layer k at
+    layer k-1's (detached) box, and what it reads changes the queries."""
+    from bbucli.model.decoder import RefiningDecoder
+
+    torch.manual_seed(0)
+    decoder = RefiningDecoder(width=32, layers=3, heads=4, ffn=64, dropout=0.0, prior_prob=0.01)
+    with torch.no_grad():  # move the box corrections away from their zero start
+        decoder.box_head.layers[-1].weight.normal_(std=0.1)
+    queries, memory = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    reference = torch.rand(2, 5, 4) * 0.5 + 0.25
+    masks = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 7, dtype=torch.bool)
+    read_at = []
+
+    def reader(boxes):
+        read_at.append(boxes)
+        return boxes.sum(-1, keepdim=True).expand(-1, -1, 32)
+
+    _, boxes, hidden = decoder(queries, reference, masks[0], memory, memory * 0, masks[1], roi=reader)
+    assert len(read_at) == 3
+    assert torch.equal(read_at[0], reference)
+    for k in (1, 2):
+        assert torch.equal(read_at[k], boxes[k - 1]) and not read_at[k].requires_grad
+    _, _, plain = decoder(queries, reference, masks[0], memory, memory * 0, masks[1])
+    assert (hidden - plain).abs().max() > 1e-3
