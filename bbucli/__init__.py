@@ -37,12 +37,12 @@ _PUBLIC: dict[str, str] = {
     "GroundTruth": "bbucli.evaluation",
     "read_ground_truth": "bbucli.evaluation",
     "read_predictions": "bbucli.evaluation",
-    "Inference": "bbucli.evaluation.inference",
+    "Inference": "bbucli.infer.inference",
     "BBUModel": "bbucli.model.bbu_model",
     "save_checkpoint": "bbucli.model.checkpoint",
     "load_checkpoint": "bbucli.model.checkpoint",
-    "load_config": "bbucli.train.config",
-    "BbuConfig": "bbucli.train.config",
+    "load_config": "bbucli.train.config.loading",
+    "BbuConfig": "bbucli.train.config.loading",
     "run_training": "bbucli.train.run",
 }
 

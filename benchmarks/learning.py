@@ -4,7 +4,7 @@
     python benchmarks/learning.py [--out DIR] [--minutes M | --steps N] [--every K] [--seed S]
                                   [--json FILE] [--png FILE]
 
-Runs the demo's own loop through `bbucli.demo.run_demo` with its defaults (raw set, config,
+Runs the demo's own loop through `bbucli.demo.run.run_demo` with its defaults (raw set, config,
 images, training length): only the flags given here are passed on. --every K adds the overrides
 `train.save_strategy=steps train.save_steps=K`; `train.save_total_limit=null` is always added so
 the checkpoint rotation deletes none. Every "save" event of the training records the step, the
@@ -43,7 +43,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bbucli.demo import DEMO_HYPOTHESES, DemoProgress, DemoResult, run_demo
+from bbucli.demo.run import DEMO_HYPOTHESES, DemoProgress, DemoResult, run_demo
 from bbucli.evaluation.plots import font
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def machine_line(info: dict[str, object]) -> str:
 def _final_is_last(run_dir: Path) -> bool:
     """final/ holds the last step's weights unless the Trainer reloaded the best at the end."""
     from bbucli.errors import BbuError
-    from bbucli.train.overrides import read_yaml
+    from bbucli.train.config.overrides import read_yaml
 
     try:
         data, _ = read_yaml(run_dir / "config.yaml")
@@ -147,7 +147,7 @@ def evaluate_saves(recorder: SaveRecorder, result: DemoResult) -> list[CurvePoin
     """One point per saved checkpoint (evaluated now on the val split) plus the final one (the
     demo's own evaluation), in step order."""
     from bbucli.convert.pipeline import output_paths
-    from bbucli.evaluation.checkpoint_eval import evaluate_checkpoint
+    from bbucli.infer.checkpoint_eval import evaluate_checkpoint
 
     val = output_paths(result.data)["val"]
     last_step = result.train.global_step

@@ -2,7 +2,7 @@
 
     python examples/generate.py --out examples/raw --n 16 --seed 0 --width 1440 --height 1920
 
-Same arguments, same bytes: see bbucli.synthetic.generate_raw_set.
+Same arguments, same bytes: see bbucli.demo.synthetic.generate_raw_set.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 try:
-    from bbucli.synthetic import generate_raw_set
+    from bbucli.demo.synthetic import generate_raw_set
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bbucli.synthetic import generate_raw_set
+    from bbucli.demo.synthetic import generate_raw_set
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ import torch
 from bbucli.chat.answer import render_answer
 from bbucli.chat.answer_length import AnswerLengths
 from bbucli.chat.image_info import ImageInfo, load_model_pixels, model_objects, read_image_info
-from bbucli.data.rope import image_token_runs, mrope_position_ids
+from bbucli.chat.rope import image_token_runs, mrope_position_ids
 from bbucli.errors import DataError, ModelError
 from bbucli.geometry import normalize_xyxy
 from bbucli.schema import DetObject, Episode
@@ -50,7 +50,7 @@ class ChatProcessorOutput:
     input_ids (S,) long; labels (S,) long, the token where segment > 0 else -100;
     segment (S,) int8: 0 prompt, 1 teacher answer, 2 student answer (each with its `<|im_end|>`);
     mm_token_type_ids (S,) int32: 1 on `<|image_pad|>`, else 0; position_ids (3, S) long mRoPE ids
-    and rope_delta (`bbucli.data.rope`); pixel_values (patches, 1176) float32 and
+    and rope_delta (`bbucli.chat.rope`); pixel_values (patches, 1176) float32 and
     image_grid_thw (T, 3) long from the model's image processor; gt_boxes (N, 4) float32 normalised
     cxcywh of the student image as the model sees it, gt_descs their N descs; prompt_end: index of
     the student answer's first token (input_ids[:prompt_end] is the generation prompt);

@@ -16,7 +16,7 @@ from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
 
 if TYPE_CHECKING:
-    from bbucli.demo import DemoProgress, DemoResult
+    from bbucli.demo.run import DemoProgress, DemoResult
 
 NAMES = {
     "generate": "generating synthetic photos", "convert": "converting", "inspect": "inspecting",
@@ -113,7 +113,7 @@ def demo(
 ) -> None:
     from bbucli.cli.inspect_views import summary_tables
     from bbucli.cli.train import _quiet_libraries
-    from bbucli.demo import run_demo
+    from bbucli.demo.run import run_demo
 
     _quiet_libraries()
     with _DemoProgress() as bar:

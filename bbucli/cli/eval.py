@@ -162,7 +162,7 @@ def eval_command(
 
 
 def _eval_checkpoint(checkpoint: Path, data: Path | None, out_dir: Path | None, *, as_json: bool, source: Source, **options) -> None:
-    from bbucli.evaluation.checkpoint_eval import evaluate_checkpoint
+    from bbucli.infer.checkpoint_eval import evaluate_checkpoint
 
     sources = ("head", "lm") if source is Source.both else (source.value,)
     with Progress(

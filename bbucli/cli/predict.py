@@ -80,7 +80,7 @@ def predict_command(
     device: Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu (default: cuda when available).")] = None,
     dtype: Annotated[DType, typer.Option("--dtype", help="Qwen weights dtype; auto: bf16 on a GPU, else fp32.")] = DType.auto,
 ) -> None:
-    from bbucli.evaluation.predict_images import predict_images
+    from bbucli.infer.predict import predict_images
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

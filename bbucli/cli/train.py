@@ -67,7 +67,7 @@ def train(
     local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True, help="Set by the DeepSpeed launcher; the rank is read from LOCAL_RANK.")] = None,
 ) -> None:
     from bbucli.errors import UsageError
-    from bbucli.train.config import describe_config, load_config
+    from bbucli.train.config.loading import describe_config, load_config
 
     if launcher not in ("auto", "deepspeed", "torchrun"):
         raise UsageError(f"--launcher must be auto, deepspeed or torchrun, got {launcher!r}")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbucli.train.config import BbuConfig
-from bbucli.train.dataset import DatasetStats
+from bbucli.train.config.loading import BbuConfig
+from bbucli.data.dataset import DatasetStats
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from bbucli.errors import ConfigError
-from bbucli.train.config import GROUPS, BbuConfig, describe_config
-from bbucli.train.dataset import DatasetStats, EpisodeDataset
+from bbucli.train.config.loading import GROUPS, BbuConfig, describe_config
+from bbucli.data.dataset import DatasetStats, EpisodeDataset
 from bbucli.train.dry_run import DryRunReport, GroupRow, dry_run_batch, remove_empty_tree
 from bbucli.train.launch import is_launched, single_process_env
 from bbucli.train.trainer import (
@@ -220,7 +220,7 @@ def _build(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> 
     from bbucli.model.bbu_model import BBUModel
     from bbucli.model.checkpoint import save_checkpoint
     from bbucli.model.loading import load_model
-    from bbucli.model.multitask import (
+    from bbucli.loss.multitask import (
         CaptionTargets,
         LossWeights,
         MultiTaskLoss,
@@ -320,7 +320,7 @@ def _build(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> 
 
 
 def _argument_names() -> set[str]:
-    from bbucli.train.passthrough import training_argument_fields
+    from bbucli.train.config.passthrough import training_argument_fields
 
     return set(training_argument_fields())
 

@@ -39,7 +39,7 @@ from transformers import Trainer
 from bbucli.errors import BbuError, ConfigError
 from bbucli.loss.matcher import MatchingError
 from bbucli.model.bbu_model import BBUModel
-from bbucli.model.multitask import LossBreakdown, MultiTaskLoss
+from bbucli.loss.multitask import LossBreakdown, MultiTaskLoss
 from bbucli.model.param_groups import build_param_groups
 from bbucli.train.callbacks import MetricsFile, ProgressReporter, TrainProgress
 from bbucli.train.checkpoint_dirs import (
@@ -48,7 +48,7 @@ from bbucli.train.checkpoint_dirs import (
     TRAINER_STATE,
     latest_checkpoint,
 )
-from bbucli.train.dataset import EpisodeDataset, EpochBatches, EpochDataLoader
+from bbucli.data.dataset import EpisodeDataset, EpochBatches, EpochDataLoader
 
 # Also the public names of the callbacks and checkpoint folders, which callers import from here.
 __all__ = [

@@ -13,7 +13,7 @@ from bbucli.chat.answer import render_answer
 from bbucli.chat.loading import load_processor
 from bbucli.chat.processor import ChatProcessor
 from bbucli.chat.prompts import build_prompts
-from bbucli.data.rope import image_token_runs, mrope_position_ids
+from bbucli.chat.rope import image_token_runs, mrope_position_ids
 from bbucli.errors import DataError
 from bbucli.schema import DetObject, Episode, Sample
 

@@ -116,7 +116,7 @@ def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     from bbucli.model.bbu_model import BBUModel
     from bbucli.model.checkpoint import save_checkpoint
     from bbucli.model.loading import load_model
-    from bbucli.model.multitask import build_caption_vocab
+    from bbucli.loss.multitask import build_caption_vocab
 
     raw = tmp_path_factory.mktemp("raw")
     for stem in STEMS:

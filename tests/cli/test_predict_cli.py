@@ -19,7 +19,7 @@ from bbucli.evaluation.predictions import parse_predictions_jsonl
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.checkpoint import save_checkpoint
 from bbucli.model.loading import load_model
-from bbucli.model.multitask import build_caption_vocab
+from bbucli.loss.multitask import build_caption_vocab
 
 runner = CliRunner()
 RAW = Path(__file__).resolve().parents[2] / "examples" / "raw"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bbucli.cli.app import app
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset
-from bbucli.synthetic import generate_raw_set
+from bbucli.demo.synthetic import generate_raw_set
 
 runner = CliRunner()
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"

@@ -21,7 +21,7 @@ from PIL import Image
 from bbucli.chat.loading import load_processor
 from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
 from bbucli.data.collators import PackedDataCollator, StandardDataCollator
-from bbucli.data.rope import mrope_position_ids
+from bbucli.chat.rope import mrope_position_ids
 from bbucli.model.loading import load_model
 from bbucli.schema import DetObject, Episode, Sample
 

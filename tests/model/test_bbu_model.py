@@ -15,12 +15,12 @@ from PIL import Image
 from bbucli.chat.loading import load_processor
 from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
 from bbucli.data.collators import PackedDataCollator, StandardDataCollator
-from bbucli.data.rope import mrope_position_ids
+from bbucli.chat.rope import mrope_position_ids
 from bbucli.errors import ConfigError
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.head import HeadConfig
 from bbucli.model.loading import load_model
-from bbucli.model.multitask import build_caption_vocab
+from bbucli.loss.multitask import build_caption_vocab
 from bbucli.model.pixel_stem import student_pixels
 from bbucli.schema import DetObject, Episode, Sample
 

@@ -26,7 +26,7 @@ from bbucli.model.checkpoint import (
     save_checkpoint,
 )
 from bbucli.model.loading import load_model
-from bbucli.model.multitask import build_caption_vocab
+from bbucli.loss.multitask import build_caption_vocab
 from bbucli.schema import DetObject, Episode, Sample
 from bbucli.taxonomy import Taxonomy, default_path
 

@@ -25,7 +25,7 @@ from bbucli.convert.pipeline import ConvertOptions, convert_dataset
 from bbucli.data.collators import PackedDataCollator
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.loading import load_model
-from bbucli.model.multitask import (
+from bbucli.loss.multitask import (
     CaptionTargets,
     LossWeights,
     MultiTaskLoss,
@@ -43,7 +43,7 @@ LR = 2e-3
 def _ap50():
     """The simple class-agnostic training-set AP50 of test_multitask.py (importlib mode: no
     package to import it from)."""
-    spec = importlib.util.spec_from_file_location("_multitask", Path(__file__).with_name("test_multitask.py"))
+    spec = importlib.util.spec_from_file_location("_multitask", Path(__file__).parents[1] / "loss" / "test_multitask.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.ap50

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset
-from bbucli.synthetic import generate_raw_set
+from bbucli.demo.synthetic import generate_raw_set
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 MAX_PIXELS = 64 * 28 * 28
@@ -63,7 +63,7 @@ def tiny_overrides(tiny_data):
 @pytest.fixture(scope="session")
 def plain_run(tmp_path_factory, tiny_overrides):
     """(overrides, TrainResult) of tiny.yaml trained in this process (no DeepSpeed)."""
-    from bbucli.train.config import load_config
+    from bbucli.train.config.loading import load_config
     from bbucli.train.run import run_training
 
     overrides = tiny_overrides(tmp_path_factory.mktemp("plain") / "run")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bbucli.model.checkpoint import load_checkpoint
-from bbucli.train.config import load_config
+from bbucli.train.config.loading import load_config
 from bbucli.train.run import run_training
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"

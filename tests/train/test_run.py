@@ -13,8 +13,8 @@ import torch
 
 from bbucli.model.checkpoint import is_checkpoint, load_checkpoint
 from bbucli.schema import DetObject, Episode, read_episodes
-from bbucli.train.config import load_config
-from bbucli.train.dataset import EpisodeDataset, EpochBatches, redraw_teachers
+from bbucli.train.config.loading import load_config
+from bbucli.data.dataset import EpisodeDataset, EpochBatches, redraw_teachers
 from bbucli.train.run import resolve_resume, run_training
 from bbucli.train.trainer import TrainingDiverged, latest_checkpoint
 

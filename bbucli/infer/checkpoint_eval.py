@@ -29,8 +29,8 @@ from pathlib import Path
 from bbucli.errors import DataError, UsageError
 from bbucli.evaluation.evaluate import evaluate
 from bbucli.evaluation.ground_truth import read_ground_truth
-from bbucli.evaluation.inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_K, SOURCES, Inference
-from bbucli.evaluation.predict_images import prediction_line
+from bbucli.infer.inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_K, SOURCES, Inference
+from bbucli.infer.predict import prediction_line
 from bbucli.evaluation.result import EvalResult
 from bbucli.evaluation.types import GroundTruth
 from bbucli.evaluation.writers import OVERLAYS, write_eval_dir

@@ -4,7 +4,7 @@
 than one row per device, flash-attention without flash-attn, fp16 weights with DeepSpeed bf16,
 max_tokens_per_batch < max_tokens, ...), missing files and a bad DeepSpeed JSON. Each check runs
 when the sections it reads validated, so one pass lists every problem. The `train` section's
-pass-through keys are checked in `bbucli.train.passthrough`. Everything returns `Problem`s;
+pass-through keys are checked in `bbucli.train.config.passthrough`. Everything returns `Problem`s;
 `InvalidConfigError` carries them all in one exit-code-2 error.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from bbucli.train.problems import Problem
+from bbucli.train.config.problems import Problem
 
 Target = Literal["auto", "cpu", "gpu"]
 

@@ -4,7 +4,7 @@
     [dets] = inference.predict_detection(["photo.jpeg"])                 # detection head
     [dets] = inference.predict_detection(["photo.jpeg"], source="lm")    # generated answer
 
-Prompts are built exactly as in training (`bbucli.evaluation.prompting`: `ChatProcessor` on an
+Prompts are built exactly as in training (`bbucli.infer.prompting`: `ChatProcessor` on an
 episode whose student is the image, cut at `prompt_end`), with the checkpoint's chat template,
 pixel limits and training prompts; optional teacher episodes come first.
 
@@ -18,9 +18,9 @@ the original image as it stands upright (EXIF orientation applied, `image_wh`), 
   top-k over query x class pairs; 1: one box per query). Without classes: desc = the greedy
   caption (compact vocabulary -> Qwen ids -> text), score = sigmoid(objectness). The top `top_k`
   by score are kept, then those >= `score_threshold`.
-- lm: the greedy answer (`bbucli.evaluation.generation`) parsed by `parse_answer`; integer boxes
+- lm: the greedy answer (`bbucli.infer.generation`) parsed by `parse_answer`; integer boxes
   of `model_wh` scaled per axis to `image_wh`; score = mean token log-probability of the object's
-  `{...}` item (`bbucli.evaluation.answer_detections`). An answer that is not one complete valid list
+  `{...}` item (`bbucli.infer.answers`). An answer that is not one complete valid list
   is flagged `unparseable`; the valid objects before the problem are kept.
 """
 
@@ -39,9 +39,9 @@ from bbucli.chat.processor import ChatProcessorOutput
 from bbucli.chat.prompts import Prompts
 from bbucli.data.collators import StandardDataCollator
 from bbucli.errors import ModelError, UsageError
-from bbucli.evaluation.answer_detections import UNCAPTIONED, detections_from_answer
-from bbucli.evaluation.generation import generate_answers
-from bbucli.evaluation.prompting import (
+from bbucli.infer.answers import UNCAPTIONED, detections_from_answer
+from bbucli.infer.generation import generate_answers
+from bbucli.infer.prompting import (
     ImageInput,
     PreparedImage,
     PromptBuilder,
@@ -52,7 +52,7 @@ from bbucli.evaluation.prompting import (
 from bbucli.evaluation.types import Detections
 from bbucli.geometry import denormalize_cxcywh
 from bbucli.model.caption_vocab import PAD, UNK, CaptionVocab
-from bbucli.model.multitask import caption_token_ids
+from bbucli.loss.multitask import caption_token_ids
 
 if TYPE_CHECKING:
     from bbucli.chat.loading import VLProcessor

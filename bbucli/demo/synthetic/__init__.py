@@ -16,9 +16,9 @@ Files: `raw_set` (writing, vendor format, EXIF, stems), `scene` (layout, lightin
 
 from __future__ import annotations
 
-from bbucli.synthetic.canvas import LABELS, SyntheticObject
-from bbucli.synthetic.raw_set import KNOWN_ZH_LABELS, generate_raw_set, orientation_for_index
-from bbucli.synthetic.scene import render_scene
+from bbucli.demo.synthetic.canvas import LABELS, SyntheticObject
+from bbucli.demo.synthetic.raw_set import KNOWN_ZH_LABELS, generate_raw_set, orientation_for_index
+from bbucli.demo.synthetic.scene import render_scene
 
 __all__ = [
     "KNOWN_ZH_LABELS",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bbucli.errors import ModelError
-from bbucli.evaluation.answer_detections import GeneratedAnswer
+from bbucli.infer.answers import GeneratedAnswer
 
 #: Batch keys the Qwen2.5-VL generate call takes.
 GENERATE_KEYS = (

@@ -22,7 +22,7 @@ from bbucli.loss.matcher import hungarian_matcher
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.caption_vocab import EOS, PAD
 from bbucli.model.loading import load_model
-from bbucli.model.multitask import (
+from bbucli.loss.multitask import (
     CaptionTargets,
     LossWeights,
     MultiTaskLoss,

@@ -1,9 +1,9 @@
 """The `bbu train` config reference in README.md, generated from the pydantic models of
-`bbucli.train.config`: per section a table of key, type, default and the field's `description`,
+`bbucli.train.config.loading`: per section a table of key, type, default and the field's `description`,
 so the documentation follows the schema instead of being kept by hand.
 
-    python -m bbucli.train.config_reference [README.md]           rewrite the marked block
-    python -m bbucli.train.config_reference --check [README.md]   exit 1 when the block is stale
+    python -m tools.config_reference [README.md]           rewrite the marked block
+    python -m tools.config_reference --check [README.md]   exit 1 when the block is stale
 
 The block is the text between `<!-- config-reference:start -->` and `<!-- config-reference:end -->`.
 Types are read from each field's annotation and constraints (`int >= 1`, `float in [0, 1)`,
@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from bbucli.errors import BbuError
-from bbucli.train.config_schema import BbuConfig, TrainSection
-from bbucli.train.passthrough import OWNED_ELSEWHERE
+from bbucli.train.config.schema import BbuConfig, TrainSection
+from bbucli.train.config.passthrough import OWNED_ELSEWHERE
 
 __all__ = ["START", "END", "render_reference", "with_reference", "write_reference"]
 
@@ -205,7 +205,7 @@ def _main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m bbucli.train.config_reference",
+        prog="python -m tools.config_reference",
         description="Regenerate the bbu train config reference block in README.md.",
     )
     parser.add_argument("readme", nargs="?", type=Path, default=Path("README.md"))
@@ -218,7 +218,7 @@ def _main(argv: list[str] | None = None) -> int:
             if not current:
                 print(
                     f"{args.readme}: the config reference is stale; run "
-                    f"python -m bbucli.train.config_reference {args.readme}",
+                    f"python -m tools.config_reference {args.readme}",
                     file=sys.stderr,
                 )
             return 0 if current else 1

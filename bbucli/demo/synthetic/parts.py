@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bbucli.synthetic.canvas import Canvas, curve, jit
+from bbucli.demo.synthetic.canvas import Canvas, curve, jit
 
 _CHASSIS = {"huawei": (178, 181, 186), "zte": (92, 96, 104), "ericsson": (48, 49, 54)}
 _FIBRE = [(240, 140, 30), (235, 205, 40), (70, 195, 205), (235, 235, 225)]

@@ -17,21 +17,21 @@ from PIL import Image, ImageOps
 from bbucli.chat.answer import render_answer
 from bbucli.chat.loading import load_processor
 from bbucli.chat.prompts import Prompts
-from bbucli.evaluation.answer_detections import (
+from bbucli.infer.answers import (
     GeneratedAnswer,
     detections_from_answer,
     item_spans,
     token_char_spans,
 )
-from bbucli.evaluation.generation import generate_answers
-from bbucli.evaluation.inference import Inference
-from bbucli.evaluation.prompting import PromptBuilder, teacher_samples
+from bbucli.infer.generation import generate_answers
+from bbucli.infer.inference import Inference
+from bbucli.infer.prompting import PromptBuilder, teacher_samples
 from bbucli.geometry import resized_wh
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.caption_vocab import PAD
 from bbucli.model.checkpoint import save_checkpoint
 from bbucli.model.loading import load_model
-from bbucli.model.multitask import build_caption_vocab, caption_token_ids
+from bbucli.loss.multitask import build_caption_vocab, caption_token_ids
 from bbucli.schema import DetObject, Episode, Sample
 
 RAW = Path(__file__).resolve().parents[2] / "examples" / "raw"

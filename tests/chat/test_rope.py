@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bbucli.chat.loading import load_processor
-from bbucli.data.rope import image_token_runs, mrope_position_ids
+from bbucli.chat.rope import image_token_runs, mrope_position_ids
 from bbucli.errors import DataError
 from bbucli.model.loading import load_model
 

@@ -1,4 +1,4 @@
-"""Layout of one synthetic BBU cabinet photo and its camera look (used by `bbucli.synthetic`).
+"""Layout of one synthetic BBU cabinet photo and its camera look (used by `bbucli.demo.synthetic`).
 
 `render_scene(width, height, rng)` returns an upright RGB image and its annotated objects, each box
 `(x1, y1, x2, y2)` in float pixels of that image, tight around the drawn object (continuous
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from bbucli.synthetic.canvas import Canvas, SyntheticObject, curve, jit
-from bbucli.synthetic.parts import (
+from bbucli.demo.synthetic.canvas import Canvas, SyntheticObject, curve, jit
+from bbucli.demo.synthetic.parts import (
     draw_bbu,
     draw_ground_bar,
     draw_label_sticker,

@@ -1,6 +1,6 @@
 """Writing a synthetic raw set: vendor "markResult" JSON beside each JPEG, EXIF rotation, stems.
 
-`generate_raw_set` renders scenes (`bbucli.synthetic.scene`) and writes each one as `<stem>.jpeg` +
+`generate_raw_set` renders scenes (`bbucli.demo.synthetic.scene`) and writes each one as `<stem>.jpeg` +
 `<stem>.json` exactly as the annotation platform exports them: `info` gives the EXIF-upright frame,
 `markResult.features[*]` hold float `ExtentPolygon` rings with the real Chinese label paths
 (`properties.contentZh["标签"]`) and English code paths (`properties.content.label`), plus the bloat
@@ -26,8 +26,8 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from bbucli.errors import UsageError
-from bbucli.synthetic.canvas import LABELS, SyntheticObject
-from bbucli.synthetic.scene import render_scene
+from bbucli.demo.synthetic.canvas import LABELS, SyntheticObject
+from bbucli.demo.synthetic.scene import render_scene
 
 #: Every Chinese label path the generator can write (a subset of the real raw labels).
 KNOWN_ZH_LABELS: frozenset[str] = frozenset(zh for zh, _ in LABELS.values())

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from bbucli.errors import ConfigError
-from bbucli.train.problems import Problem
+from bbucli.train.config.problems import Problem
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Exponent floats PyYAML's YAML 1.1 resolver misses: no dot (2e-5, 1E4) or an unsigned exponent

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bbucli.errors import DataError
-from bbucli.evaluation.inference import (
+from bbucli.infer.inference import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TOP_K,
     Inference,

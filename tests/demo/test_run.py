@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from bbucli.cli.app import app
-from bbucli.demo import run_demo, steps_for_budget
+from bbucli.demo.run import run_demo, steps_for_budget
 from bbucli.errors import UsageError
 
 MAX_PIXELS = 64 * 28 * 28

@@ -9,8 +9,8 @@
     deepspeed:  null, a path to a DeepSpeed JSON, or the same JSON inline
 
 Every field carries a `description`: the README's config reference is generated from them
-(`bbucli.train.config_reference`). Loading, overrides and validation live in
-`bbucli.train.config`, which re-exports these names.
+(`tools.config_reference`). Loading, overrides and validation live in
+`bbucli.train.config.loading`, which re-exports these names.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from bbucli.train.overrides import dump_yaml
-from bbucli.train.passthrough import train_argument_problems
+from bbucli.train.config.overrides import dump_yaml
+from bbucli.train.config.passthrough import train_argument_problems
 
 if TYPE_CHECKING:
     from bbucli.model.head import HeadConfig
@@ -191,7 +191,7 @@ class DetectionSection(_Section):
 class LossSection(_Section):
     """total = teacher_weight*teacher_lm + student_weight*student_lm + bbox_l1_weight*l1
     + bbox_giou_weight*giou + objectness_weight*obj + caption_weight*caption, with the Hungarian
-    matcher's costs and the objectness focal loss. Names mirror `bbucli.model.multitask`."""
+    matcher's costs and the objectness focal loss. Names mirror `bbucli.loss.multitask`."""
 
     teacher_weight: Float = Field(
         1.0, ge=0.0, description="weight of the LM loss on the teachers' answers"

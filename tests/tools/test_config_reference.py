@@ -9,18 +9,18 @@ import pytest
 from pydantic import BaseModel
 
 from bbucli.errors import BbuError
-from bbucli.train.config import BbuConfig
-from bbucli.train.config_reference import (
+from bbucli.train.config.loading import BbuConfig
+from tools.config_reference import (
     END,
     START,
     _main,
     render_reference,
     write_reference,
 )
-from bbucli.train.overrides import parse_yaml
+from bbucli.train.config.overrides import parse_yaml
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-REGENERATE = "python -m bbucli.train.config_reference"
+REGENERATE = "python -m tools.config_reference"
 
 
 def sections() -> dict[str, type[BaseModel]]:

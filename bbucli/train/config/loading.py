@@ -1,9 +1,9 @@
 """The training config: loading, overrides, validation and printing. The schema (one pydantic model
-per YAML section, `BbuConfig` for the whole run) lives in `bbucli.train.config_schema` and is
+per YAML section, `BbuConfig` for the whole run) lives in `bbucli.train.config.schema` and is
 re-exported here.
 
 `load_config(path, overrides)` reads the YAML, applies `key=value` overrides, validates everything
-(`bbucli.train.validation`) and raises one `InvalidConfigError` listing every problem with its
+(`bbucli.train.config.validation`) and raises one `InvalidConfigError` listing every problem with its
 YAML path, before any weight loads. Relative paths resolve against the YAML file's folder (paths
 given in overrides against the working directory); the loaded config holds absolute paths.
 `to_yaml()` / `describe_config()` write the resolved config back (deterministic key order);
@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bbucli.train.config_schema import (
+from bbucli.train.config.schema import (
     GROUPS,
     MAX_PIXELS,
     MIN_PIXELS,
@@ -34,9 +34,9 @@ from bbucli.train.config_schema import (
     OptimSection,
     TrainSection,
 )
-from bbucli.train.overrides import apply_overrides, read_yaml
-from bbucli.train.passthrough import train_argument_problems
-from bbucli.train.problems import (
+from bbucli.train.config.overrides import apply_overrides, read_yaml
+from bbucli.train.config.passthrough import train_argument_problems
+from bbucli.train.config.problems import (
     InvalidConfigError,
     Problem,
     mark_overrides,
@@ -44,7 +44,7 @@ from bbucli.train.problems import (
     short_repr,
     unknown_key,
 )
-from bbucli.train.validation import Target, semantic_problems
+from bbucli.train.config.validation import Target, semantic_problems
 
 __all__ = [
     "BbuConfig", "ModelSection", "DataSection", "DetectionSection", "LossSection", "LearningRates",

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from bbucli.errors import ConfigError
-from bbucli.train.config import (
+from bbucli.train.config.loading import (
     BbuConfig,
     DetectionSection,
     InvalidConfigError,
@@ -23,9 +23,9 @@ from bbucli.train.config import (
     load_config,
     validate_config,
 )
-from bbucli.train.overrides import apply_overrides, dump_yaml, parse_override, parse_yaml
+from bbucli.train.config.overrides import apply_overrides, dump_yaml, parse_override, parse_yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 
@@ -481,7 +481,7 @@ def test_detection_section_mirrors_head_config():
 
 
 def test_loss_section_mirrors_the_multitask_loss():
-    multitask = pytest.importorskip("bbucli.model.multitask")
+    multitask = pytest.importorskip("bbucli.loss.multitask")
     weights = {f.name: f.default for f in dataclasses.fields(multitask.LossWeights)}
     section = LossSection().model_dump()
     assert {name: section[name] for name in weights} == weights

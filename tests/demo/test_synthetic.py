@@ -1,4 +1,4 @@
-"""Tests for bbucli.synthetic: determinism, vendor format, EXIF rotation, the committed sample."""
+"""Tests for bbucli.demo.synthetic: determinism, vendor format, EXIF rotation, the committed sample."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from bbucli.errors import UsageError
-from bbucli.synthetic import KNOWN_ZH_LABELS, generate_raw_set, orientation_for_index
+from bbucli.demo.synthetic import KNOWN_ZH_LABELS, generate_raw_set, orientation_for_index
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 
 # The raw label pairs (Chinese path -> English code path), written out independently of LABELS.

@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING
 
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset, output_paths
 from bbucli.errors import ConfigError, UsageError
-from bbucli.synthetic import generate_raw_set
+from bbucli.demo.synthetic import generate_raw_set
 
 if TYPE_CHECKING:
     from bbucli.convert.report import ConvertReport
-    from bbucli.evaluation.checkpoint_eval import CheckpointEvalRun, SourceEval
+    from bbucli.infer.checkpoint_eval import CheckpointEvalRun, SourceEval
     from bbucli.inspection.summary import DatasetSummary
     from bbucli.train.callbacks import TrainProgress
     from bbucli.train.run import TrainResult
@@ -220,7 +220,7 @@ def run_demo(
 
     from bbucli.inspection.source import InspectOptions
     from bbucli.inspection.summary import summarize
-    from bbucli.train.config import load_config
+    from bbucli.train.config.loading import load_config
 
     run_dir = out_dir / "run"
     ours = [
@@ -256,7 +256,7 @@ def run_demo(
     if trained.final_checkpoint is None:
         raise UsageError(f"training into {run_dir} left no final checkpoint", hint="see the training log above")
 
-    from bbucli.evaluation.checkpoint_eval import evaluate_checkpoint
+    from bbucli.infer.checkpoint_eval import evaluate_checkpoint
 
     eval_dir = out_dir / "eval"
     evaluated = evaluate_checkpoint(
