@@ -23,6 +23,8 @@ PATCH_FACTOR = 28
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
 DEFAULT_MAX_PIXELS = 512 * 28 * 28
 MAX_ASPECT_RATIO = 200
+#: One merged vision token covers a 28x28 pixel cell (14-px patches, 2x2 spatial merge).
+PIXELS_PER_TOKEN = PATCH_FACTOR * PATCH_FACTOR
 
 
 def smart_resize(

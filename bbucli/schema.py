@@ -1,4 +1,5 @@
-"""The canonical JSONL episode (DESIGN 1.3): types, parsing with file/line errors, atomic writes.
+"""The canonical JSONL episode: types, parsing with file/line errors, atomic writes; and the two
+values every stage reports through: `Problem` (something wrong in the input) and `Progress`.
 
 One line = one episode:
     {"teachers": [Sample, ...], "student": Sample, "meta": {...}}
@@ -12,12 +13,31 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bbucli.errors import SchemaError
+
+#: A progress callback: `progress(stage, done, total)`, e.g. `("resize", 12, 240)`. The library
+#: calls it; only the CLI draws bars.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong in the input that was skipped, repaired, refused or left unscored.
+
+    `where` names the place as a reader finds it: `train.jsonl:7` (file:line), `gt.json:
+    annotations[3]`, a config path `loss.cost_obj`, or an image.
+    """
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
 
 
 @dataclass(frozen=True)

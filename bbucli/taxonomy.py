@@ -1,4 +1,4 @@
-"""The label taxonomy: every raw annotation label -> one canonical class (DESIGN 1.2).
+"""The label taxonomy: every raw annotation label -> one canonical class.
 
 The YAML file (default: the copy shipped in `bbucli/resources/taxonomy/bbu.yaml`, documented as
 `configs/taxonomy/bbu.yaml`) lists canonical classes, each with a stable key, a Chinese and an

@@ -1,6 +1,6 @@
 """Episode -> model tensors: the teacher/student conversation through the real Qwen2.5-VL chat template.
 
-Conversation (DESIGN 2): system prompt; per teacher a user turn (image + instruction) and an
+Conversation: system prompt; per teacher a user turn (image + instruction) and an
 assistant turn (its grounding JSON, `bbucli.chat.answer`); then the student's user turn and answer.
 The template renders each image as `<|vision_start|><|image_pad|><|vision_end|>`; the single pad is
 expanded to the image's `(h / 28) * (w / 28)` merged vision tokens at the id level, which is what

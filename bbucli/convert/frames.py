@@ -14,7 +14,7 @@ Policy (`reconcile`), in order:
    preview; boxes are rescaled per axis (`rescaled`, reported as `size_rescaled`);
 4. anything else, including a 90-degree swap with no EXIF orientation to say which way the photo
    turned: the boxes cannot be placed, the image is dropped (`mismatch`, `size_mismatch`).
-Orientations 2-4 do not change the size and cannot be detected from it; DESIGN 1.1 says boxes are
+Orientations 2-4 do not change the size and cannot be detected from it; the export's boxes are
 in the upright frame, so they are taken as upright.
 """
 

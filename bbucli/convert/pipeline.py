@@ -184,7 +184,7 @@ def _episode(student: PreparedImage, teachers: list[PreparedImage]) -> Episode:
 
 
 def _split(items: list[PreparedImage], options: ConvertOptions) -> tuple[list[str], dict[str, list[Episode]]]:
-    """Pool, split and teacher assignment (DESIGN 1.5) -> (pool ids, episodes per output)."""
+    """Pool, split and teacher assignment -> (pool ids, episodes per output)."""
     by_id = {item.stem: item for item in items}
     summaries = [_summary(item) for item in items]
     wanted = options.pool if options.pool is not None else default_pool_size(len(items), options.teachers)

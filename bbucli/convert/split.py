@@ -1,4 +1,4 @@
-"""Teacher pool, train/val split and per-student teachers (DESIGN 1.5). Pure functions, no I/O.
+"""Teacher pool, train/val split and per-student teachers. Pure functions, no I/O.
 
 Every image ends up in exactly one of: the teacher pool, train, val. Teachers are never students.
 All randomness comes from a stable hash of `(seed, purpose, ids)` (blake2b, not Python's salted

@@ -1,4 +1,4 @@
-"""Scoring detections against ground truth without a model (DESIGN 5): readers of predictions and
+"""Scoring detections against ground truth without a model: readers of predictions and
 ground truth, one adapter over COCOeval, the operating point, defect escapes, the `eval/` folder.
 
     gt = read_ground_truth("data/bbu.val.jsonl")

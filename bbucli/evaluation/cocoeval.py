@@ -1,8 +1,8 @@
 """The one adapter over COCOeval: pycocotools, or faster-coco-eval (same numbers, C++) when installed.
 
 `cocoeval_bbox(gt, results)` takes a COCO instances dict and a COCO results list, the textbook
-inputs, and fixes what pycocotools 2.0.x gets silently wrong with them (ENVIRONMENT.md, "COCO
-evaluation traps"):
+inputs, and fixes what pycocotools 2.0.x gets silently wrong with them (each
+reproduced with pycocotools 2.0.11):
 - annotation ids are renumbered from 1: an annotation with id 0 is indistinguishable from
   "unmatched" in `evaluateImg` and lowers AP (0.949 instead of 1.0 on a perfect set);
 - every image referenced by an annotation is listed (callers list images without objects

@@ -1,4 +1,4 @@
-"""`evaluate(predictions, ground_truth)`: every metric of DESIGN 5 from predictions already in memory.
+"""`evaluate(predictions, ground_truth)`: every metric bbu reports from predictions already in memory.
 
 Three COCOeval runs through the adapter: categories = descs (AP..AR and per-class AP), = types
 (the first desc level), = one category (class-agnostic: every prediction counts, also those of a

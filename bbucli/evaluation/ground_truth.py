@@ -1,4 +1,4 @@
-"""Ground-truth readers: a bbu JSONL split (DESIGN 1.3) or a COCO instances JSON -> `GroundTruth`.
+"""Ground-truth readers: a bbu JSONL split or a COCO instances JSON -> `GroundTruth`.
 
 bbu JSONL: the *student* of each episode is the scored image; key = its image path as written
 (relative to the JSONL's folder); boxes stay in stored-image pixels; image ids are 1-based line

@@ -1,5 +1,5 @@
 """What flows into scoring: predicted `Detections`, the `GroundTruth` they are scored against, and
-the `Problem`s found in either (DESIGN 5).
+the `Problem`s found in either.
 
 Frames. A `GroundTruth` holds each image's boxes in one frame, the *scoring frame*:
 - read from a bbu JSONL: pixels of the stored (resized) image, as the JSONL writes them; `image_wh`

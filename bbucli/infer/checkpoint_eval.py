@@ -1,4 +1,4 @@
-"""`bbu eval CKPT`: run a checkpoint over a split and score it (DESIGN 5).
+"""`bbu eval CKPT`: run a checkpoint over a split and score it.
 
     run = evaluate_checkpoint("runs/tiny/checkpoint-100", sources=("head", "lm"))
 

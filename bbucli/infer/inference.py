@@ -1,4 +1,4 @@
-"""`Inference`: a trained checkpoint -> `Detections` per image, in the original image's pixels (DESIGN 5).
+"""`Inference`: a trained checkpoint -> `Detections` per image, in the original image's pixels.
 
     inference = Inference.from_checkpoint("runs/tiny/checkpoint-100")
     [dets] = inference.predict_detection(["photo.jpeg"])                 # detection head

@@ -1,6 +1,6 @@
 """Hungarian matching of detection queries to ground-truth boxes, for one or all decoder layers.
 
-Cost per (query, target) pair, as DESIGN 3: `cost_obj * focal objectness cost + cost_bbox * L1
+Cost per (query, target) pair, : `cost_obj * focal objectness cost + cost_bbox * L1
 + cost_giou * (-GIoU)`, boxes cxcywh normalised to [0, 1] for L1 and xyxy (same frame) for GIoU.
 Every per-image cost matrix of a step is built on the predictions' device in one batched pass
 (targets padded to the largest image, never one cross-batch matrix), copied to the host once, and

@@ -1,4 +1,4 @@
-"""The multi-task loss of BBUModel: teacher/student LM + detection + captions (DESIGN 3).
+"""The multi-task loss of BBUModel: teacher/student LM + detection + captions.
 
     total = teacher_weight * teacher_lm + student_weight * student_lm
           + bbox_l1_weight * l1 + bbox_giou_weight * giou + objectness_weight * objectness

@@ -4,7 +4,7 @@ Qwen2.5-VL's merger emits one token per 28x28-pixel cell of the resized image, r
 merged grid `(grid_h, grid_w) = (h / 28, w / 28)`. Token `n` of an image therefore covers the cell
 at row `n // grid_w`, column `n % grid_w`; the detection head starts one query from each such cell
 (or from the K best-scoring ones) instead of from learned query embeddings, which converge far too
-slowly on small data (DESIGN 3).
+slowly on small data.
 
 Boxes here are normalised cxcywh in [0, 1] of the resized image (see `bbucli.geometry`).
 """

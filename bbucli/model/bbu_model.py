@@ -1,4 +1,4 @@
-"""BBUModel: Qwen2.5-VL + the detection head, one forward for padded and packed batches (DESIGN 3).
+"""BBUModel: Qwen2.5-VL + the detection head, one forward for padded and packed batches.
 
 What the head reads, per sample that has at least one image:
 - vision memory: the merger's output for the sample's **student image**, its last image (teachers

@@ -1,4 +1,4 @@
-"""The trained-checkpoint folder: `save_checkpoint`, `load_checkpoint`, `is_checkpoint` (DESIGN 4).
+"""The trained-checkpoint folder: `save_checkpoint`, `load_checkpoint`, `is_checkpoint`.
 
     ckpt/
       qwen/               Qwen2.5-VL via `save_pretrained` (config.json, model.safetensors,

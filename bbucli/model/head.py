@@ -1,4 +1,4 @@
-"""The detection head of BBUModel: token-anchored DETR queries on top of Qwen2.5-VL (DESIGN 3).
+"""The detection head of BBUModel: token-anchored DETR queries on top of Qwen2.5-VL.
 
 It takes plain tensors, never the language model: the merger's vision tokens of the student image
 and the last hidden states of the student's prompt, both of the language model's hidden size.

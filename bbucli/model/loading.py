@@ -22,7 +22,7 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 
 # Text decoder of the tiny model: real vocabulary and special ids, toy widths. head_dim is
 # hidden/heads = 32, so mrope_section must sum to 16. use_cache is off: with a cache the mask
-# builder stops detecting packed rows and attention leaks across packed samples (ENVIRONMENT.md).
+# builder stops detecting packed rows and attention leaks across packed samples.
 _TINY_TEXT: dict[str, Any] = {
     "vocab_size": 151936,
     "hidden_size": 128,

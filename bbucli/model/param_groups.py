@@ -1,4 +1,4 @@
-"""Optimizer parameter groups of BBUModel, each with its own learning rate (DESIGN 3).
+"""Optimizer parameter groups of BBUModel, each with its own learning rate.
 
 Groups, by parameter name relative to `BBUModel`:
 - `vision`: `qwen.model.visual.patch_embed.*`, `qwen.model.visual.blocks.*` (the ViT);

@@ -1,4 +1,4 @@
-"""`BBUTrainer`: the transformers Trainer with BBUModel's multi-task loss (DESIGN 4).
+"""`BBUTrainer`: the transformers Trainer with BBUModel's multi-task loss.
 
 Only documented hooks are overridden:
 - `compute_loss`: `BBUModel` forward + `MultiTaskLoss`; a NaN or inf loss (or non-finite

@@ -52,7 +52,7 @@ TRANSFORMERS_QWEN2_CASES = [
 ]  # fmt: skip
 
 SPOT_CASES = [
-    ("Hello world", [9707, 1879]),  # ENVIRONMENT.md spot check, also Qwen/Qwen2.5 model cards
+    ("Hello world", [9707, 1879]),  # Qwen/Qwen2.5 model cards
     ("<|vision_start|><|image_pad|><|vision_end|>Hello world", [151652, 151655, 151653, 9707, 1879]),
     # transformers tests/models/qwen2_5_vl/test_modeling_qwen2_5_vl.py,
     # Qwen2_5_VLIntegrationTest.test_small_model_integration_test (Qwen/Qwen2.5-VL-7B-Instruct).

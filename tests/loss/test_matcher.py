@@ -44,7 +44,7 @@ def random_case(seed: int, batch: int, queries: int, sizes: list[int]):
 
 
 def naive_cost(logit: float, pred: list[float], tgt: list[float]) -> float:
-    """One pair's cost in plain Python, written from the definitions (DESIGN 3)."""
+    """One pair's cost in plain Python, written from the definitions."""
     p = 1 / (1 + math.exp(-logit))
     obj = 0.25 * (1 - p) ** 2 * -math.log(p) - 0.75 * p**2 * -math.log(1 - p)
     l1 = sum(abs(a - b) for a, b in zip(pred, tgt, strict=True))

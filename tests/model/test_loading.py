@@ -53,7 +53,7 @@ def test_tiny_config_matches_the_real_ids_and_stays_small():
     assert (config.image_token_id, config.video_token_id) == (151655, 151656)
     assert (config.vision_start_token_id, config.vision_end_token_id) == (151652, 151653)
     assert (text.bos_token_id, text.eos_token_id) == (151643, 151645)
-    assert text.use_cache is False  # packed rows leak across samples with a cache (ENVIRONMENT.md)
+    assert text.use_cache is False  # packed rows leak across samples with a cache
     assert vision.depth == 2 and vision.hidden_size == 64 and vision.out_hidden_size == 128
     wider = tiny_config(hidden_size=256, num_hidden_layers=3, vision_config={"depth": 1})
     assert (wider.text_config.hidden_size, wider.text_config.num_hidden_layers) == (256, 3)
