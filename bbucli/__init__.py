@@ -29,7 +29,7 @@ _PUBLIC: dict[str, str] = {
     "DetectionHead": "bbucli.model.head",
     "HeadConfig": "bbucli.model.head",
     "CaptionVocab": "bbucli.model.caption_vocab",
-    "hungarian_matcher": "bbucli.loss.matcher",
+    "HungarianMatcher": "bbucli.loss.matcher",
     "DetectionCriterion": "bbucli.loss.detection",
     "evaluate": "bbucli.evaluation",
     "EvalResult": "bbucli.evaluation",

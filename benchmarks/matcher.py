@@ -4,9 +4,9 @@ Compares, at 100 queries x 5 / 20 / 50 objects:
 - naive: a Python double loop over (query, target) pairs, then scipy per image;
 - cross-batch: DETR's way, one (B*Q, sum N) matrix over all images, copied to the host, split,
   scipy on the diagonal blocks (same cost code as ours, only the shape differs);
-- ours: `hungarian_matcher`, every image's (Q, N_i) matrix in one batched pass (targets padded),
+- ours: `HungarianMatcher()`, every image's (Q, N_i) matrix in one batched pass (targets padded),
   one host copy, scipy per image; also split into cost building and assignment alone;
-- ours x4 layers: `match_layers` with 4 decoder layers, per image and layer.
+- ours x4 layers: `HungarianMatcher().match_layers` with 4 decoder layers, per image and layer.
 
 Run: `python benchmarks/matcher.py [--repeats 15]`. Prints medians over repeats, in ms per image.
 """
@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from bbucli.loss.matcher import hungarian_matcher, match_layers, matching_cost
+from bbucli.loss.matcher import HungarianMatcher
+
+MATCHER = HungarianMatcher()
 
 BATCH, QUERIES, OBJECTS = 8, 100, (5, 20, 50)
 
@@ -67,7 +69,7 @@ def naive(logits, boxes, targets):
 
 def cross_batch(logits, boxes, targets):
     sizes = [len(t) for t in targets]
-    cost = matching_cost(logits.reshape(1, -1), boxes.reshape(1, -1, 4), torch.cat(targets)[None])
+    cost = MATCHER.cost(logits.reshape(1, -1), boxes.reshape(1, -1, 4), torch.cat(targets)[None])
     cost = cost.view(len(targets), logits.shape[1], -1).cpu()
     return [linear_sum_assignment(c[i].numpy()) for i, c in enumerate(cost.split(sizes, -1))]
 
@@ -78,7 +80,7 @@ def assign_only(host_costs: np.ndarray, sizes: list[int]):
 
 def cost_only(logits, boxes, targets):
     padded = torch.nn.utils.rnn.pad_sequence(list(targets), batch_first=True, padding_value=0.5)
-    return matching_cost(logits, boxes, padded).cpu()
+    return MATCHER.cost(logits, boxes, padded).cpu()
 
 
 def interleaved_medians(fns: dict, repeats: int, inner: dict) -> dict[str, float]:
@@ -125,10 +127,10 @@ def main() -> None:
         fns = {
             "naive": partial(naive, logits, boxes, targets),
             "cross": partial(cross_batch, logits, boxes, targets),
-            "ours": partial(hungarian_matcher, logits, boxes, targets),
+            "ours": partial(MATCHER, logits, boxes, targets),
             "cost": partial(cost_only, logits, boxes, targets),
             "assign": partial(assign_only, host_costs, [n] * BATCH),
-            "layers": partial(match_layers, layers, targets),
+            "layers": partial(MATCHER.match_layers, layers, targets),
         }
         inner = {name: 1 if name == "naive" else 10 for name in fns}
         ms = {name: t / BATCH for name, t in interleaved_medians(fns, args.repeats, inner).items()}

@@ -1,4 +1,5 @@
-"""The taxonomy maps every raw label of ../shared/RAW-LABELS.md to its class; bad files fail clearly."""
+"""The taxonomy maps every raw label of the annotation platform (Chinese paths, English codes with
+the source data's typos, known aliases) to its class; bad files fail clearly."""
 
 from __future__ import annotations
 
@@ -79,17 +80,20 @@ def test_every_raw_label_maps_to_its_class(tax, label, key):
 
 
 @pytest.mark.parametrize(
-    "label",
+    "label,key",
     [
-        "连接点(螺丝)/BBU安装螺丝/连接正确",  # half-width parentheses
-        " 连接点（螺丝） / BBU安装螺丝 /连接正确 ",  # whitespace
-        "连接点（螺丝）／BBU安装螺丝／连接正确",  # full-width slashes
-        "Connection_Point/INSTALL_SCREW/install_screw_TRUE",  # case
-        "bbu基带处理单元/华为".upper(),
+        ("连接点(螺丝)/BBU安装螺丝/连接正确", "screw_bbu_install_correct"),  # half-width parentheses
+        (" 连接点（螺丝） / BBU安装螺丝 /连接正确 ", "screw_bbu_install_correct"),  # whitespace
+        ("连接点（螺丝）／BBU安装螺丝／连接正确", "screw_bbu_install_correct"),  # full-width slashes
+        ("Connection_Point/INSTALL_SCREW/install_screw_TRUE", "screw_bbu_install_correct"),  # case
+        ("CONNECTION_POINT/ODF_CONNECTION/odf_connection_False", "screw_bbu_pigtail_odf_incorrect"),
+        ("bbu基带处理单元/华为".upper(), "brand_huawei"),
     ],
 )
-def test_matching_normalises_width_whitespace_and_case(tax, label):
-    assert tax.resolve(label) is not None
+def test_matching_normalises_width_whitespace_and_case(tax, label, key):
+    cls = tax.resolve(label)
+    assert cls is not None, label
+    assert cls.key == key
 
 
 def test_unknown_labels_resolve_to_none(tax):

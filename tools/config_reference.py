@@ -1,9 +1,9 @@
-"""The `bbu train` config reference in README.md, generated from the pydantic models of
-`bbucli.train.config.loading`: per section a table of key, type, default and the field's `description`,
-so the documentation follows the schema instead of being kept by hand.
+"""The `bbu train` config reference in docs/config.md, generated from the pydantic models of
+`bbucli.train.config.schema`: per section a table of key, type, default and the field's
+`description`, so the documentation follows the schema instead of being kept by hand.
 
-    python -m tools.config_reference [README.md]           rewrite the marked block
-    python -m tools.config_reference --check [README.md]   exit 1 when the block is stale
+    python -m tools.config_reference [docs/config.md]           rewrite the marked block
+    python -m tools.config_reference --check [docs/config.md]   exit 1 when the block is stale
 
 The block is the text between `<!-- config-reference:start -->` and `<!-- config-reference:end -->`.
 Types are read from each field's annotation and constraints (`int >= 1`, `float in [0, 1)`,
@@ -22,14 +22,15 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from bbucli.errors import BbuError
-from bbucli.train.config.schema import BbuConfig, TrainSection
 from bbucli.train.config.passthrough import OWNED_ELSEWHERE
+from bbucli.train.config.schema import BbuConfig, TrainSection
 
-__all__ = ["START", "END", "render_reference", "with_reference", "write_reference"]
+__all__ = ["START", "END", "DOC", "render_reference", "with_reference", "write_reference"]
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
-HEADING = "#####"  # one level below the README's "#### Config reference"
+DOC = Path("docs/config.md")  # the file holding the block, relative to the repository root
+HEADING = "###"  # one level below docs/config.md's "## Reference"
 _NAMES = {bool: "bool", int: "int", float: "float", str: "str", Path: "path"}
 
 
@@ -51,7 +52,7 @@ def render_reference() -> str:
     return "\n".join(parts)
 
 
-def with_reference(text: str, source: str = "README.md") -> str:
+def with_reference(text: str, source: str = str(DOC)) -> str:
     """`text` with the block between START and END replaced by `render_reference()`.
 
     Raises BbuError naming `source` when the markers are missing, repeated or out of order.
@@ -66,14 +67,14 @@ def with_reference(text: str, source: str = "README.md") -> str:
     return f"{head}{START}\n\n{render_reference()}\n{END}{tail}"
 
 
-def write_reference(readme: Path) -> bool:
-    """Regenerate the reference block of `readme` in place; whether its text changed."""
-    readme = Path(readme)
-    text = readme.read_text(encoding="utf-8")
-    new = with_reference(text, source=str(readme))
+def write_reference(doc: Path) -> bool:
+    """Regenerate the reference block of `doc` in place; whether its text changed."""
+    doc = Path(doc)
+    text = doc.read_text(encoding="utf-8")
+    new = with_reference(text, source=str(doc))
     if new == text:
         return False
-    readme.write_text(new, encoding="utf-8")
+    doc.write_text(new, encoding="utf-8")
     return True
 
 
@@ -206,27 +207,27 @@ def _main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m tools.config_reference",
-        description="Regenerate the bbu train config reference block in README.md.",
+        description=f"Regenerate the bbu train config reference block in {DOC}.",
     )
-    parser.add_argument("readme", nargs="?", type=Path, default=Path("README.md"))
+    parser.add_argument("doc", nargs="?", type=Path, default=DOC)
     parser.add_argument("--check", action="store_true", help="exit 1 when the block is stale")
     args = parser.parse_args(argv)
     try:
-        text = args.readme.read_text(encoding="utf-8")
-        current = with_reference(text, source=str(args.readme)) == text
+        text = args.doc.read_text(encoding="utf-8")
+        current = with_reference(text, source=str(args.doc)) == text
         if args.check:
             if not current:
                 print(
-                    f"{args.readme}: the config reference is stale; run "
-                    f"python -m tools.config_reference {args.readme}",
+                    f"{args.doc}: the config reference is stale; run "
+                    f"python -m tools.config_reference {args.doc}",
                     file=sys.stderr,
                 )
             return 0 if current else 1
-        write_reference(args.readme)
+        write_reference(args.doc)
     except (BbuError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.readme}: config reference {'up to date' if current else 'rewritten'}")
+    print(f"{args.doc}: config reference {'up to date' if current else 'rewritten'}")
     return 0
 
 

@@ -2,20 +2,25 @@
 
 Owns `ImageInfo` and the pure functions `ChatProcessor` uses for its images: the header read
 (size + EXIF orientation, no pixel decode) that gives the smart_resize fixed point and the
-vision-token count, the decode that brings an image to that size, and the rescaling of a sample's
-boxes when the image is resized.
+vision-token count, the decode that brings an image to that size, the check that the model's image
+processor kept that size, and the rescaling of a sample's boxes when the image is resized.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bbucli.errors import DataError
+from bbucli.errors import DataError, ModelError
 from bbucli.geometry import is_fixed_point, resized_wh, scale_box_xyxy
 from bbucli.schema import DetObject, Sample
+
+if TYPE_CHECKING:
+    import torch
 
 _EXIF_ORIENTATION = 274
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF rotations by 90/270 degrees: width and height swap
@@ -30,6 +35,8 @@ class ImageInfo:
     stored_wh: tuple[int, int]
     model_wh: tuple[int, int]
     vision_tokens: int
+    #: An image given in memory: its upright RGB pixels at `stored_wh` (`path` is then only a name).
+    pixels: Image.Image | None = field(default=None, compare=False, repr=False)
 
     @property
     def needs_resize(self) -> bool:
@@ -53,17 +60,39 @@ def read_image_info(path: Path, min_pixels: int, max_pixels: int) -> ImageInfo:
         ) from exc
     if orientation in _TRANSPOSED_ORIENTATIONS:
         wh = (wh[1], wh[0])
+    return _sized(path, wh, min_pixels, max_pixels)
+
+
+def memory_image_info(
+    image: Image.Image, name: Path, min_pixels: int, max_pixels: int
+) -> ImageInfo:
+    """An image given in memory, as `read_image_info` reads a file (EXIF orientation applied); its
+    pixels travel in the ImageInfo, `name` only names it."""
+    upright = ImageOps.exif_transpose(image).convert("RGB")
+    return _sized(name, upright.size, min_pixels, max_pixels, upright)
+
+
+def _sized(
+    path: Path,
+    wh: tuple[int, int],
+    min_pixels: int,
+    max_pixels: int,
+    pixels: Image.Image | None = None,
+) -> ImageInfo:
     if is_fixed_point(wh, min_pixels, max_pixels):
         model_wh = wh
     else:
         model_wh = resized_wh(wh, min_pixels, max_pixels)
-    return ImageInfo(path, wh, model_wh, (model_wh[0] // 28) * (model_wh[1] // 28))
+    return ImageInfo(path, wh, model_wh, (model_wh[0] // 28) * (model_wh[1] // 28), pixels)
 
 
 def load_model_pixels(info: ImageInfo) -> Image.Image:
     """Decode the image upright as RGB at `info.model_wh` (resized when the file is not there)."""
-    with Image.open(info.path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+    if info.pixels is not None:
+        im = info.pixels
+    else:
+        with Image.open(info.path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
     if im.size != info.stored_wh:
         raise DataError(f"image {info.path} changed size between header and decode")
     if info.needs_resize:
@@ -79,3 +108,20 @@ def model_objects(sample: Sample, info: ImageInfo) -> tuple[DetObject, ...]:
         DetObject(scale_box_xyxy(o.bbox_2d, info.stored_wh, info.model_wh), o.desc)
         for o in sample.objects
     )
+
+
+def check_image_grid(images: Sequence[ImageInfo], grid: torch.Tensor) -> None:
+    """The image processor's (T, 3) patch grids must be (1, h / 14, w / 14) of each image's
+    `model_wh`: anything else means it resized an image again (DataError naming the file)."""
+    if grid.shape[0] != len(images):
+        raise ModelError(
+            f"the image processor returned {grid.shape[0]} grids for {len(images)} images"
+        )
+    for info, thw in zip(images, grid.tolist(), strict=True):
+        expected = [1, info.model_wh[1] // 14, info.model_wh[0] // 14]
+        if thw != expected:
+            raise DataError(
+                f"image {info.path}: the image processor's grid {thw} differs from {expected} "
+                f"for size {info.model_wh}; it resized the image again",
+                hint="check min_pixels/max_pixels against the processor's",
+            )

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from bbucli.chat.tokenizer import QWEN2_5_VL_CHAT_TEMPLATE, load_tokenizer
 from bbucli.errors import ConfigError, ModelError
+from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
     from transformers import PreTrainedTokenizerBase
 
-DEFAULT_MIN_PIXELS = 4 * 28 * 28
-DEFAULT_MAX_PIXELS = 512 * 28 * 28
 IMAGE_TOKEN = "<|image_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
 VISION_END_TOKEN = "<|vision_end|>"

@@ -33,13 +33,20 @@ import torch
 
 from bbucli.chat.answer import render_answer
 from bbucli.chat.answer_length import AnswerLengths
-from bbucli.chat.image_info import ImageInfo, load_model_pixels, model_objects, read_image_info
+from bbucli.chat.image_info import (
+    ImageInfo,
+    check_image_grid,
+    load_model_pixels,
+    model_objects,
+    read_image_info,
+)
 from bbucli.chat.rope import image_token_runs, mrope_position_ids
 from bbucli.errors import DataError, ModelError
 from bbucli.geometry import normalize_xyxy
 from bbucli.schema import DetObject, Episode
 
 SEGMENT_PROMPT, SEGMENT_TEACHER, SEGMENT_STUDENT = 0, 1, 2
+#: The label of every position the LM loss skips (torch's cross_entropy default).
 IGNORE_INDEX = -100
 
 
@@ -54,6 +61,10 @@ class ChatProcessorOutput:
     image_grid_thw (T, 3) long from the model's image processor; gt_boxes (N, 4) float32 normalised
     cxcywh of the student image as the model sees it, gt_descs their N descs; prompt_end: index of
     the student answer's first token (input_ids[:prompt_end] is the generation prompt);
+    student_turn_start: index of the `<|im_start|>` opening the student's user turn;
+    student_image_span: [start, end) of the student image's `<|image_pad|>` run, the last image
+    (`image_grid_thw[-1]`): student_turn_start < start < end < prompt_end (a hand-built sample
+    without images has an empty span, start == end);
     student_wh: (width, height) of the student image as the model sees it; teachers_dropped: how
     many teachers the token budget removed (the last ones).
     """
@@ -69,6 +80,8 @@ class ChatProcessorOutput:
     gt_boxes: torch.Tensor
     gt_descs: tuple[str, ...]
     prompt_end: int
+    student_turn_start: int
+    student_image_span: tuple[int, int]
     student_wh: tuple[int, int]
     teachers_dropped: int = 0
 
@@ -155,6 +168,7 @@ class ChatProcessor:
         self.image_token_id = int(processor.image_token_id)
         self.merge_size = int(processor.merge_size)
         self.vision_start_id = int(self.tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+        self.im_start_id = int(self.tokenizer.convert_tokens_to_ids("<|im_start|>"))
         self.im_end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
         self._answer_lengths = AnswerLengths(self.tokenizer)
         if self.merge_size * 14 != 28:
@@ -326,30 +340,17 @@ class ChatProcessor:
         pil_images = [load_model_pixels(info) for info in images]
         vision = self.processor.process_images(pil_images)
         grid = torch.as_tensor(vision["image_grid_thw"], dtype=torch.long).reshape(-1, 3)
-        if grid.shape[0] != len(images):
-            raise ModelError(
-                f"the image processor returned {grid.shape[0]} grids for {len(images)} images"
-            )
-        for info, thw in zip(images, grid.tolist(), strict=True):
-            expected = [1, info.model_wh[1] // 14, info.model_wh[0] // 14]
-            if thw != expected:
-                raise DataError(
-                    f"image {info.path}: the image processor's grid {thw} differs from {expected} "
-                    f"for size {info.model_wh}; it resized the image again",
-                    hint="check min_pixels/max_pixels against the processor's",
-                )
-
+        check_image_grid(images, grid)
         repeats = torch.tensor(self._pad_repeats(rendered), dtype=torch.long)
         input_ids = torch.repeat_interleave(torch.tensor(rendered.ids, dtype=torch.long), repeats)
         segment = torch.repeat_interleave(torch.tensor(rendered.segment, dtype=torch.int8), repeats)
-        self._check_image_runs(input_ids, grid, images)
+        image_start, image_end = self._check_image_runs(input_ids, grid, images)[-1]
+        turn_starts = torch.nonzero(input_ids[:image_start] == self.im_start_id).flatten()
         labels = torch.where(segment > 0, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         position_ids, rope_delta = mrope_position_ids(
             input_ids, grid, self.merge_size, self.image_token_id, self.vision_start_id
         )
-        student_boxes = torch.tensor([o.bbox_2d for o in objects[-1]], dtype=torch.float32).reshape(
-            -1, 4
-        )
+        student_boxes = torch.tensor([o.bbox_2d for o in objects[-1]], dtype=torch.float32)
         student_wh = images[-1].model_wh
 
         self.stats["samples"] += 1
@@ -364,9 +365,11 @@ class ChatProcessor:
             rope_delta=rope_delta,
             pixel_values=torch.as_tensor(vision["pixel_values"], dtype=torch.float32),
             image_grid_thw=grid,
-            gt_boxes=normalize_xyxy(student_boxes, student_wh),
+            gt_boxes=normalize_xyxy(student_boxes.reshape(-1, 4), student_wh),
             gt_descs=tuple(o.desc for o in objects[-1]),
             prompt_end=int(torch.nonzero(segment == SEGMENT_STUDENT)[0]),
+            student_turn_start=int(turn_starts[-1]),
+            student_image_span=(image_start, image_end),
             student_wh=student_wh,
             teachers_dropped=dropped,
         )
@@ -378,8 +381,9 @@ class ChatProcessor:
 
     def _check_image_runs(
         self, input_ids: torch.Tensor, grid: torch.Tensor, images: tuple[ImageInfo, ...]
-    ) -> None:
-        """Each image is one contiguous pad run of grid.prod() / merge**2 tokens after <|vision_start|>."""
+    ) -> list[tuple[int, int]]:
+        """Each image is one contiguous pad run of grid.prod() / merge**2 tokens after
+        <|vision_start|>, in a user turn; returns the runs ([start, end) per image)."""
         runs = image_token_runs(input_ids, self.image_token_id)
         if len(runs) != len(images):
             raise DataError(
@@ -391,3 +395,6 @@ class ChatProcessor:
                 raise DataError(
                     f"image {info.path}: {end - start} image tokens at {start}, its grid {thw} needs {need}"
                 )
+            if self.im_start_id not in input_ids[:start]:
+                raise ModelError(f"image {info.path}: its tokens at {start} are in no chat turn")
+        return runs

@@ -31,6 +31,9 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    # `deepspeed --module bbucli train ...` runs `python -m bbucli --local_rank=N train ...`: the
+    # flag lands before the sub-command. Accepted and ignored: the rank is in LOCAL_RANK.
+    local_rank: int | None = typer.Option(None, "--local_rank", "--local-rank", hidden=True),
 ) -> None:
     """Fine-tune Qwen2.5-VL to inspect BBU cabinets."""
 

@@ -3,7 +3,6 @@ its report as tables."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,23 +12,13 @@ from rich.table import Table
 
 from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
+from bbucli.cli.options import Lang, Unknown
 from bbucli.convert.pipeline import ConvertOptions, IssuesFound, convert_dataset, output_paths
 from bbucli.convert.report import ConvertReport
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 ISSUES_SHOWN = 15
 STAGES = {"read": "reading annotations", "check": "checking images", "resize": "resizing images"}
-
-
-class Unknown(str, Enum):
-    keep = "keep"
-    drop = "drop"
-    error = "error"
-
-
-class Lang(str, Enum):
-    zh = "zh"
-    en = "en"
 
 
 HELP = """Convert a raw annotation export into teacher/student JSONL for training.

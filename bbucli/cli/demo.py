@@ -22,11 +22,11 @@ NAMES = {
     "generate": "generating synthetic photos", "convert": "converting", "inspect": "inspecting",
     "time": "timing one training step", "train": "training", "eval": "evaluating the head",
     "answers": "generating answers",
-}  # fmt: skip
+}
 
-HELP = """Run the whole loop on the embedded default: raw photos -> JSONL -> inspect -> train configs/tiny.yaml -> eval, on CPU (or a GPU when present), with no network and no download.
+HELP = """Run the whole loop on the embedded default: raw photos -> JSONL -> inspect -> train the packaged tiny config (configs/tiny.yaml) -> eval, on CPU (or a GPU when present), with no network and no download.
 
-Generates a synthetic set of 300 photos into OUT/raw (or, with --examples, takes the 16 photos of examples/raw: the loop runs but they are too few to learn from), converts into OUT/data/, trains into OUT/run/, evaluates the final checkpoint's detection head on the val split into OUT/eval/ and generates answers for 8 val images into OUT/eval/lm/. Ends with the metrics table and the files worth opening next; OUT/demo.json holds the numbers.
+Generates a synthetic set of 300 photos into OUT/raw (or, with --examples, takes the 16 photos of examples/raw in the working directory, a clone's root: the loop runs but they are too few to learn from), converts into OUT/data/, trains into OUT/run/, evaluates the final checkpoint's detection head on the val split into OUT/eval/ and generates answers for 8 val images into OUT/eval/lm/. Ends with the metrics table and the files worth opening next; OUT/demo.json holds the numbers.
 
 The training length is --steps N (default 650, about 8.5 minutes in all on 2 CPU cores; the same run everywhere), or a time budget --minutes M turned into steps by timing one batch first. OUT must be new or empty.
 
@@ -45,7 +45,7 @@ class _DemoProgress:
         self.bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=err, transient=True,
-        )  # fmt: skip
+        )
         self.tasks: dict[str, int] = {}
 
     def __enter__(self) -> _DemoProgress:
@@ -108,7 +108,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for every artefact (new or empty).")] = Path("runs/demo"),
     minutes: Annotated[float | None, typer.Option("--minutes", help="Time budget of the training instead of --steps, turned into steps by timing one batch.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 650: the same run on every machine).")] = None,
-    examples: Annotated[bool, typer.Option("--examples", help="Convert the 16 photos of examples/raw instead of generating 300.")] = False,
+    examples: Annotated[bool, typer.Option("--examples", help="Convert the 16 photos of ./examples/raw (a clone's root) instead of generating 300.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated set, the split and the model.")] = 0,
 ) -> None:
     from bbucli.cli.inspect_views import summary_tables

@@ -5,7 +5,6 @@ the metrics, the per-class table and the problems found (or prints metrics.json 
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,29 +14,12 @@ from rich.table import Table
 
 from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
+from bbucli.cli.options import Backend, DType
+from bbucli.cli.options import EvalSource as Source
 from bbucli.errors import UsageError
 from bbucli.evaluation import EvalResult, evaluate_files
 
 PROBLEMS_SHOWN = 15
-
-
-class Source(str, Enum):
-    head = "head"
-    lm = "lm"
-    both = "both"
-
-
-class DType(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    pycocotools = "pycocotools"
-    faster = "faster"
 
 
 HELP = """Evaluate a checkpoint, or score predictions, against ground truth: COCO AP/AR, per-class and type-level AP, precision/recall/F1 and a confusion matrix at a score threshold, defect escape rate, unparseable answers.
@@ -136,13 +118,33 @@ def eval_command(
 ) -> None:
     if target.is_dir():
         _eval_checkpoint(
-            target, data, out_dir, threshold=threshold, backend=backend.value, taxonomy=taxonomy, overlays=overlays,
-            as_json=as_json, source=source or Source.head, teachers=teachers, batch_size=batch_size or 4,
-            max_new_tokens=max_new_tokens or 1024, hypotheses=hypotheses or 1, device=device, dtype=None if dtype in (None, DType.auto) else dtype.value,
-        )  # fmt: skip
+            target,
+            data,
+            out_dir,
+            threshold=threshold,
+            backend=backend.value,
+            taxonomy=taxonomy,
+            overlays=overlays,
+            as_json=as_json,
+            source=source or Source.head,
+            teachers=teachers,
+            batch_size=batch_size or 4,
+            max_new_tokens=max_new_tokens or 1024,
+            hypotheses=hypotheses or 1,
+            device=device,
+            dtype=None if dtype in (None, DType.auto) else dtype.value,
+        )
         return
-    given = [name for name, value in (("--source", source), ("--teachers", teachers), ("--batch-size", batch_size),
-             ("--max-new-tokens", max_new_tokens), ("--hypotheses", hypotheses), ("--device", device), ("--dtype", dtype)) if value is not None]  # fmt: skip
+    checkpoint_only = {
+        "--source": source,
+        "--teachers": teachers,
+        "--batch-size": batch_size,
+        "--max-new-tokens": max_new_tokens,
+        "--hypotheses": hypotheses,
+        "--device": device,
+        "--dtype": dtype,
+    }
+    given = [name for name, value in checkpoint_only.items() if value is not None]
     if given:
         raise UsageError(f"{', '.join(given)} apply to a checkpoint folder, not to a predictions file", hint="drop them, or pass a checkpoint folder")
     if data is None:
@@ -165,9 +167,8 @@ def _eval_checkpoint(checkpoint: Path, data: Path | None, out_dir: Path | None, 
     from bbucli.infer.checkpoint_eval import evaluate_checkpoint
 
     sources = ("head", "lm") if source is Source.both else (source.value,)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
-    ) as bar:  # fmt: skip
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

@@ -4,7 +4,6 @@ Rich tables (or one JSON object with --json)."""
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,6 +27,7 @@ from bbucli.cli.inspect_views import (
     text_table,
     token_text,
 )
+from bbucli.cli.options import Lang
 from bbucli.errors import DataError
 
 __all__ = ["inspect", "HELP", "Lang", "PROBLEMS_SHOWN", "SEGMENTS"]
@@ -35,11 +35,6 @@ __all__ = ["inspect", "HELP", "Lang", "PROBLEMS_SHOWN", "SEGMENTS"]
 if TYPE_CHECKING:  # the views import torch; `bbu --help` must not
     from bbucli.inspection.source import InspectOptions
     from bbucli.inspection.summary import DatasetSummary
-
-
-class Lang(str, Enum):
-    zh = "zh"
-    en = "en"
 
 
 HELP = """Inspect a teacher/student JSONL before spending GPU hours: tokens, budget, batching, tensors.
@@ -74,7 +69,7 @@ def _summarize(file: Path, options: InspectOptions, quiet: bool) -> DatasetSumma
     with Progress(
         TextColumn("inspecting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, transient=True, disable=quiet,
-    ) as bar:  # fmt: skip
+    ) as bar:
         task = bar.add_task("inspect", total=None)
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -166,7 +161,7 @@ def inspect(
     options = InspectOptions(
         model=model, lang=lang.value, max_tokens=max_tokens, batch_tokens=batch_tokens,
         batch_size=batch_size,
-    )  # fmt: skip
+    )
     options.check()
     payload: dict[str, Any] = {}
     show: list[Any] = []

@@ -161,7 +161,7 @@ def detail_table(d: EpisodeDetail) -> Table:
     table.add_row(
         "all", "", "", "", "", str(d.vision_tokens), str(d.text_tokens), str(d.answer_tokens),
         str(d.tokens), style="bold",
-    )  # fmt: skip
+    )
     table.caption = (
         "size: stored (-> as the model sees it); grid: t x h/14 x w/14 patches; "
         "answer: segment 1 (teacher) / 2 (student), with its <|im_end|>"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,20 +15,9 @@ from rich.table import Table
 
 from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
+from bbucli.cli.options import DType, Source
 
 STAGES = {"load": "loading the checkpoint", "predict": "predicting", "render": "drawing"}
-
-
-class Source(str, Enum):
-    head = "head"
-    lm = "lm"
-
-
-class DType(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 HELP = """Detect objects in images with a checkpoint written by `bbu train`.
@@ -82,10 +70,8 @@ def predict_command(
 ) -> None:
     from bbucli.infer.predict import predict_images
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True,
-    ) as bar:  # fmt: skip
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -94,11 +80,19 @@ def predict_command(
             bar.update(tasks[stage], completed=done, total=total)
 
         run = predict_images(
-            checkpoint, images, out=out_file, render_dir=render, source=source.value,
-            score_threshold=threshold, top_k=top_k, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, device=device, dtype=None if dtype is DType.auto else dtype.value,
+            checkpoint,
+            images,
+            out=out_file,
+            render_dir=render,
+            source=source.value,
+            score_threshold=threshold,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            device=device,
+            dtype=None if dtype is DType.auto else dtype.value,
             progress=progress,
-        )  # fmt: skip
+        )
     if out_file is None:
         for record in run.records:
             typer.echo(json.dumps(record, ensure_ascii=False))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,14 +24,10 @@ from rich.table import Table
 
 from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
-from bbucli.train.launch import is_launched, launch_command, strip_local_rank
+from bbucli.train.launch import is_launched, launch_command
 
 if TYPE_CHECKING:
     from bbucli.train.run import DryRunReport, TrainProgress, TrainResult
-
-# The DeepSpeed launcher runs `python -m bbucli --local_rank=N train ...`: the flag lands before the
-# sub-command, where no option of `bbu` takes it. The rank is in LOCAL_RANK anyway.
-sys.argv[:] = strip_local_rank(sys.argv)[0]
 
 HELP = """Train Qwen2.5-VL + the detection head on a config YAML.
 
@@ -81,9 +76,15 @@ def train(
     wants_launcher = gpus is not None or nnodes > 1 or hostfile is not None
     if wants_launcher and not dry_run and not is_launched(os.environ):
         plan = launch_command(
-            config, given, gpus=gpus or 1, nnodes=nnodes, hostfile=hostfile,
-            use_deepspeed=cfg.deepspeed is not None, launcher=launcher, environ=os.environ,
-        )  # fmt: skip
+            config,
+            given,
+            gpus=gpus or 1,
+            nnodes=nnodes,
+            hostfile=hostfile,
+            use_deepspeed=cfg.deepspeed is not None,
+            launcher=launcher,
+            environ=os.environ,
+        )
         err.print(f"[dim]launching {plan.nproc_per_node} x {plan.nnodes} processes ({plan.launcher}):[/] {escape(str(plan))}")
         code = subprocess.run(list(plan.argv), env={**os.environ, **plan.env}, check=False).returncode
         if code:
@@ -122,10 +123,16 @@ class _TrainProgress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar = Progress(
-            TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), console=err, transient=True,
-        )  # fmt: skip
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
         self.task: int | None = None
 
     def __enter__(self) -> _TrainProgress:
@@ -152,8 +159,10 @@ class _TrainProgress:
             err.print(f"[dim]saved {escape(str(event.path))}[/]")
         stats = ""
         if "loss" in logs:
-            stats = (f"loss {logs['loss']:.4g}  {logs.get('tokens_per_s', 0):,.0f} tok/s  "
-                     f"vision {logs.get('vision_share', 0):.0%}  padding {logs.get('padding', 0):.0%}")  # fmt: skip
+            stats = (
+                f"loss {logs['loss']:.4g}  {logs.get('tokens_per_s', 0):,.0f} tok/s  "
+                f"vision {logs.get('vision_share', 0):.0%}  padding {logs.get('padding', 0):.0%}"
+            )
         self.bar.update(self.task, total=event.max_steps, completed=event.step, stats=stats)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,9 +23,9 @@ from bbucli.convert.labelme import is_labelme, read_labelme
 from bbucli.convert.raw import Issue, RawImage, ReadResult
 from bbucli.convert.vendor import is_vendor, read_vendor
 from bbucli.errors import DataError
+from bbucli.schema import Progress
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

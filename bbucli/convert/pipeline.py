@@ -23,7 +23,6 @@ import multiprocessing
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -37,10 +36,9 @@ from bbucli.convert.report import ConvertReport, Tally
 from bbucli.convert.split import ImageSummary, assign_teachers, select_teacher_pool, split_train_val
 from bbucli.errors import DataError, UsageError
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from bbucli.schema import Episode, Sample, write_json_atomic, write_jsonl_atomic
+from bbucli.schema import Episode, Progress, Sample, write_json_atomic, write_jsonl_atomic
 from bbucli.taxonomy import Taxonomy
 
-Progress = Callable[[str, int, int], None]
 IMAGES_DIR = "images"
 DEFAULT_MAX_POOL = 8
 

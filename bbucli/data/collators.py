@@ -3,7 +3,9 @@
 Both return a plain dict the model and the losses read; the keys the Qwen2.5-VL forward accepts
 (`input_ids`, `attention_mask`, `position_ids`, `pixel_values`, `image_grid_thw`,
 `mm_token_type_ids`) plus `labels`, `segment` (0 prompt, 1 teacher answer, 2 student answer,
--1 padding), `prompt_end`, `gt_boxes` and `gt_descs` for the detection head.
+-1 padding), the student's spans (`prompt_end`, `student_turn_start`, `student_image_span`, moved
+with their sample by the padding or the packing, and `student_image`, the student image's index in
+the batch's `image_grid_thw`), `gt_boxes` and `gt_descs` for the detection head.
 
 Packed rows (the default for training) follow the one form transformers 5.23 turns into
 per-sample causal attention on every backend without a mask tensor: `position_ids` of shape
@@ -23,9 +25,8 @@ from typing import Any, Literal
 
 import torch
 
-from bbucli.chat.processor import ChatProcessorOutput
+from bbucli.chat.processor import IGNORE_INDEX, ChatProcessorOutput
 
-IGNORE_INDEX = -100
 PAD_SEGMENT = -1
 # transformers (4.x get_rope_index) leaves padded positions at 1; any value works under the mask.
 PAD_POSITION = 1
@@ -42,14 +43,31 @@ def _vision(samples: Sequence[ChatProcessorOutput]) -> dict[str, torch.Tensor | 
     }
 
 
+def _student(samples: Sequence[ChatProcessorOutput], offsets: Sequence[int]) -> dict[str, Any]:
+    """Each sample's spans moved by `offsets[i]` (where its first token lands in the batch row):
+    prompt_end (B,), student_turn_start (B,), student_image_span (B, 2) [start, end) long; and
+    student_image (B,) long, the index of its student image (its last) in the batch's
+    `image_grid_thw`, -1 for a sample without images (its span is empty)."""
+    offset = torch.tensor(offsets, dtype=torch.long)
+    images = torch.tensor([s.image_grid_thw.shape[0] for s in samples], dtype=torch.long)
+    spans = torch.tensor([s.student_image_span for s in samples], dtype=torch.long)
+    return {
+        "prompt_end": offset + torch.tensor([s.prompt_end for s in samples]),
+        "student_turn_start": offset + torch.tensor([s.student_turn_start for s in samples]),
+        "student_image_span": offset[:, None] + spans,
+        "student_image": torch.where(images > 0, torch.cumsum(images, 0) - 1, -1),
+    }
+
+
 class StandardDataCollator:
     """Pad a batch to its longest sample.
 
     Returns input_ids, attention_mask, labels, segment, mm_token_type_ids: (B, S);
-    position_ids: (3, B, S) mRoPE ids (padding at 1); prompt_end: (B,) index of each student
-    answer's first token in the padded row (shifted by the left padding); pixel_values
-    (sum patches, 1176) and image_grid_thw (sum T, 3) or None; gt_boxes: list of (N_i, 4)
-    normalised cxcywh; gt_descs: list of tuples of str.
+    position_ids: (3, B, S) mRoPE ids (padding at 1); prompt_end, student_turn_start (B,) and
+    student_image_span (B, 2): the sample's own indices shifted by the left padding, so they index
+    its padded row; student_image (B,) as in `_student`; pixel_values (sum patches, 1176) and
+    image_grid_thw (sum T, 3) or None; gt_boxes: list of (N_i, 4) normalised cxcywh; gt_descs:
+    list of tuples of str.
     `padding_side="right"` for training, `"left"` for generation.
     """
 
@@ -69,9 +87,8 @@ class StandardDataCollator:
         segment = torch.full((batch, width), PAD_SEGMENT, dtype=torch.int8)
         mm_token_type_ids = torch.zeros((batch, width), dtype=torch.int32)
         position_ids = torch.full((3, batch, width), PAD_POSITION, dtype=torch.long)
-        prompt_end = torch.empty(batch, dtype=torch.long)
-        for i, s in enumerate(samples):
-            offset = width - s.length if self.padding_side == "left" else 0
+        offsets = [width - s.length if self.padding_side == "left" else 0 for s in samples]
+        for i, (s, offset) in enumerate(zip(samples, offsets, strict=True)):
             cols = slice(offset, offset + s.length)
             input_ids[i, cols] = s.input_ids
             attention_mask[i, cols] = 1
@@ -79,7 +96,6 @@ class StandardDataCollator:
             segment[i, cols] = s.segment
             mm_token_type_ids[i, cols] = s.mm_token_type_ids
             position_ids[:, i, cols] = s.position_ids
-            prompt_end[i] = s.prompt_end + offset
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -87,7 +103,7 @@ class StandardDataCollator:
             "segment": segment,
             "mm_token_type_ids": mm_token_type_ids,
             "position_ids": position_ids,
-            "prompt_end": prompt_end,
+            **_student(samples, offsets),
             **_vision(samples),
             "gt_boxes": [s.gt_boxes for s in samples],
             "gt_descs": [s.gt_descs for s in samples],
@@ -101,7 +117,8 @@ class PackedDataCollator:
     sample is -100: it would be predicted from the previous sample's last token);
     position_ids: (4, 1, L), row 0 per-sample text positions 0..len-1, rows 1-3 per-sample mRoPE
     ids (see the module docstring); cu_seqlens: (B + 1,) int32 sample boundaries in the row;
-    prompt_end: (B,) row index of each student answer's first token; pixel_values
+    prompt_end, student_turn_start (B,) and student_image_span (B, 2): the sample's own indices
+    shifted by its start in the row; student_image (B,) as in `_student`; pixel_values
     (sum patches, 1176) and image_grid_thw (sum T, 3) or None; gt_boxes, gt_descs: lists as in
     `StandardDataCollator`; use_cache: False. No attention_mask, on purpose: a 2-D one would switch
     off the per-sample masking.
@@ -126,7 +143,7 @@ class PackedDataCollator:
             "cu_seqlens": cu_seqlens,
             # Travels with the batch into `model(**batch)`: a KV cache disables packed masking.
             "use_cache": False,
-            "prompt_end": cu_seqlens[:-1].long() + torch.tensor([s.prompt_end for s in samples]),
+            **_student(samples, cu_seqlens[:-1].tolist()),
             **_vision(samples),
             "gt_boxes": [s.gt_boxes for s in samples],
             "gt_descs": [s.gt_descs for s in samples],

@@ -1,11 +1,15 @@
 """`bbu demo` as a library: the whole loop on the embedded default, in one folder.
 
 `run_demo(out_dir, ...)` generates a synthetic raw set into out_dir/raw (or takes `examples/raw` of a
-clone), converts it into out_dir/data/bbu.jsonl, inspects it, trains `configs/tiny.yaml` with the
-demo's settings (`DEMO_OVERRIDES`, then the caller's overrides) into out_dir/run, evaluates the
-final checkpoint on the val split into out_dir/eval (the detection head on every image, the
-generated answers on the first `lm_images`), writes out_dir/demo.json and returns a `DemoResult`.
+clone, from its root folder), converts it into out_dir/data/bbu.jsonl, inspects it, trains the tiny
+config shipped in the package (`bbucli/resources/configs/tiny.yaml`, the same file as the clone's
+`configs/tiny.yaml`) with the demo's settings (`DEMO_OVERRIDES`, then the caller's overrides) into
+out_dir/run, evaluates the final checkpoint on the val split into out_dir/eval (the detection head
+on every image, the generated answers on the first `lm_images`), writes out_dir/demo.json and
+returns a `DemoResult`.
 Progress goes through an optional callback as `DemoProgress` events; the library prints nothing.
+Everything the demo reads ships inside the package, so `bbu demo` runs from an installed wheel in
+any folder.
 
 The default length is a fixed step count (`DEFAULT_STEPS`), so the default demo is the same run on
 every machine: same seed, same data, same steps, same numbers (up to floating-point reduction
@@ -34,12 +38,13 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset, output_paths
-from bbucli.errors import ConfigError, UsageError
 from bbucli.demo.synthetic import generate_raw_set
+from bbucli.errors import UsageError
 
 if TYPE_CHECKING:
     from bbucli.convert.report import ConvertReport
@@ -58,7 +63,7 @@ DEMO_LM_IMAGES = 8  # val images whose answers are generated (about 3-5 s each o
 DEMO_MAX_NEW_TOKENS = 1024
 #: Head classes per query in the demo's evaluation: DETR's top-100 over (query, class) pairs.
 DEMO_HYPOTHESES = 3
-#: What the demo changes in configs/tiny.yaml; the caller's overrides come after and win.
+#: What the demo changes in the tiny config; the caller's overrides come after and win.
 DEMO_OVERRIDES = (
     "data.num_teachers=0", "data.packing=false", "data.batch_size=8", "data.group_by_length=true",
     "data.prompt_classes=false", "detection.token_boxes=true", "detection.ref_cells=0.6",
@@ -68,12 +73,11 @@ DEMO_OVERRIDES = (
     "optim.lrs.detection=1e-3", "optim.lrs.adapter=1e-3",
     "train.optim=adamw_torch_fused", "train.num_train_epochs=1000", "train.logging_steps=10",
     "train.eval_strategy=no", "train.save_strategy=no", "train.load_best_model_at_end=false",
-)  # fmt: skip
+)
 # Share of a time budget spent in optimizer steps; the rest goes to building the model, the dry
 # run timing one batch, the optimizer update the dry run leaves out, saving and evaluating.
 TRAIN_SHARE = 0.7
 STAGES = ("generate", "convert", "inspect", "time", "train", "eval", "answers")
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -137,24 +141,21 @@ class DemoResult:
             "lm_images": self.lm_images, "lm_parsed": self.lm_parsed, "lm_AP50": self.lm_ap50,
             "first_loss": self.first_loss, "last_loss": self.last_loss, "seconds": round(self.seconds, 1),
             "look_next": {what: str(path) for what, path in self.look_next},
-        }  # fmt: skip
+        }
 
 
-def find_examples() -> Path | None:
-    """examples/raw of the clone this package runs from, None when absent (an installed wheel)."""
-    raw = REPO / "examples" / "raw"
+def find_examples(root: Path | None = None) -> Path | None:
+    """examples/raw under `root` (default: the working directory, a clone's root folder), None when
+    absent or empty (an installed wheel ships no photos: the demo generates its own)."""
+    raw = (Path.cwd() if root is None else root) / "examples" / "raw"
     return raw if raw.is_dir() and any(raw.glob("*.json")) else None
 
 
-def find_tiny_config() -> Path:
-    """configs/tiny.yaml of the clone this package runs from, else of the working directory."""
-    for candidate in (REPO / "configs" / "tiny.yaml", Path.cwd() / "configs" / "tiny.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        "configs/tiny.yaml not found next to the bbucli package nor in the working directory",
-        hint="run `bbu demo` from a clone of the bbu repository (pip install -e .), or from its root folder",
-    )
+def tiny_config() -> Path:
+    """The tiny training config shipped in the package (`bbucli/resources/configs/tiny.yaml`).
+
+    Its relative data and output paths are never used by the demo, which overrides them all."""
+    return Path(str(resources.files("bbucli") / "resources" / "configs" / "tiny.yaml"))
 
 
 def steps_for_budget(minutes: float, seconds_per_step: float, share: float = TRAIN_SHARE) -> int:
@@ -184,11 +185,11 @@ def run_demo(
     """Generate or take the raw set, convert, inspect, train and evaluate (module doc).
 
     minutes / max_steps: the training length, one or the other (neither: DEFAULT_STEPS steps);
-    use_examples: convert examples/raw when the clone has it (16 photos: the loop runs, but too
-    few to learn from; else a set is generated);
+    use_examples: convert examples/raw of the working directory when it has one (a clone's root:
+    16 photos, the loop runs but they are too few to learn from; else a set is generated);
     n_images / image_size (w, h) / seed: the generated set (seed also seeds the split and the
     model); max_pixels: the smart_resize bound of convert and the model (model.max_pixels);
-    config: the training YAML (default: configs/tiny.yaml); overrides: `key=value`s applied after
+    config: the training YAML (default: the packaged tiny config, `tiny_config()`); overrides: `key=value`s applied after
     the demo's own (DEMO_OVERRIDES, data paths, output_dir, max_steps, seed), so they win.
     defect_rate: in [0, 1], the generated set's probability of the defect state per part (None:
     each part's own rate); zoom: closer generated photos (generate_raw_set); lm_images: val images whose answers are generated and parsed (0: none),
@@ -199,7 +200,7 @@ def run_demo(
     report = progress or (lambda event: None)
     out_dir = Path(out_dir).expanduser().absolute()
     _check_arguments(out_dir, minutes, max_steps, n_images, lm_images)
-    config_path = Path(config) if config is not None else find_tiny_config()
+    config_path = Path(config) if config is not None else tiny_config()
 
     raw_dir, generated = find_examples() if use_examples else None, False
     if raw_dir is None:
@@ -208,14 +209,14 @@ def run_demo(
         generate_raw_set(
             raw_dir, n_images, seed=seed, **size, defect_rate=defect_rate, zoom=zoom,
             progress=lambda done, total: report(DemoProgress("generate", done, total)),
-        )  # fmt: skip
+        )
 
     data = out_dir / "data" / "bbu.jsonl"
     options = ConvertOptions(seed=seed, max_pixels=max_pixels, val_ratio=val_ratio)
     converted = convert_dataset(
         raw_dir, data, options,
         progress=lambda stage, done, total: report(DemoProgress("convert", done, total, stage)),
-    )  # fmt: skip
+    )
     paths = output_paths(data)
 
     from bbucli.inspection.source import InspectOptions
@@ -226,18 +227,18 @@ def run_demo(
     ours = [
         *DEMO_OVERRIDES, f"data.train={paths['train']}", f"data.val={paths['val']}", f"data.teachers={paths['teachers']}",
         f"train.output_dir={run_dir}", f"model.max_pixels={max_pixels}", f"model.seed={seed}",
-    ]  # fmt: skip
+    ]
     cfg = load_config(config_path, [*ours, *overrides])
     report(DemoProgress("inspect", 0, 0))
     inspect_options = InspectOptions(
         model="tiny" if cfg.model.path == "tiny" else str(cfg.model.path), lang=cfg.data.lang,
         max_tokens=cfg.data.max_tokens, batch_tokens=cfg.data.max_tokens_per_batch,
         batch_size=cfg.data.batch_size, prompt_classes=cfg.data.prompt_classes,
-    )  # fmt: skip
+    )
     summary = summarize(
         paths["train"], inspect_options,
         progress=lambda stage, done, total: report(DemoProgress("inspect", done, total)),
-    )  # fmt: skip
+    )
 
     from bbucli.train.run import run_training
 
@@ -262,7 +263,7 @@ def run_demo(
     evaluated = evaluate_checkpoint(
         trained.final_checkpoint, paths["val"], eval_dir, sources=("head",), hypotheses=DEMO_HYPOTHESES,
         progress=lambda stage, done, total: report(DemoProgress("eval", done, total, stage)),
-    )  # fmt: skip
+    )
     head = evaluated.sources[0]
     coco = head.result.coco
     lm = None
@@ -274,7 +275,7 @@ def run_demo(
             trained.final_checkpoint, subset, eval_dir / "lm", sources=("lm",),
             max_new_tokens=lm_max_new_tokens, batch_size=lm_images,
             progress=lambda stage, done, total: report(DemoProgress("answers", done, total, stage)),
-        ).sources[0]  # fmt: skip
+        ).sources[0]
     lm_counts = lm.result.counts if lm is not None else {}
     losses = trained.losses
     result = DemoResult(
@@ -287,7 +288,7 @@ def run_demo(
         first_loss=losses[0][1] if losses else None, last_loss=losses[-1][1] if losses else None,
         seconds=time.perf_counter() - started, convert=converted, summary=summary, train=trained,
         eval=evaluated, look_next=_look_next(paths, run_dir, trained.final_checkpoint, head.written, lm),
-    )  # fmt: skip
+    )
     (out_dir / "demo.json").write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return result
 

@@ -18,7 +18,13 @@ from bbucli.evaluation.cocoeval import (
 )
 from bbucli.evaluation.escape import EscapeRate, is_defect
 from bbucli.evaluation.evaluate import evaluate
-from bbucli.evaluation.ground_truth import ground_truth_from_coco, read_bbu_jsonl, read_ground_truth
+from bbucli.evaluation.ground_truth import (
+    Split,
+    ground_truth_from_coco,
+    read_bbu_jsonl,
+    read_ground_truth,
+    read_split,
+)
 from bbucli.evaluation.pipeline import EvalRun, default_out_dir, evaluate_files
 from bbucli.evaluation.predictions import (
     PredictionSet,
@@ -36,14 +42,15 @@ from bbucli.evaluation.result import (
     OperatingPoint,
     TypeMetrics,
 )
-from bbucli.evaluation.types import Category, Detections, GroundTruth, GroundTruthImage, Problem
+from bbucli.evaluation.types import Category, Detections, GroundTruth, GroundTruthImage
 from bbucli.evaluation.writers import write_eval_dir
+from bbucli.schema import Problem  # re-exported: the one Problem every stage reports
 
 __all__ = [
     "BACKENDS", "Category", "ClassMetrics", "CocoRun", "ConfusionMatrix", "Detections", "EscapeRate",
     "EvalResult", "EvalRun", "GroundTruth", "GroundTruthImage", "ImageErrors", "OperatingPoint",
-    "PredictionSet", "Problem", "TypeMetrics", "cocoeval_bbox", "default_out_dir", "evaluate",
+    "PredictionSet", "Problem", "Split", "TypeMetrics", "cocoeval_bbox", "default_out_dir", "evaluate",
     "evaluate_files", "faster_available", "ground_truth_from_coco", "is_defect", "parse_predictions_jsonl",
-    "prediction_record", "predictions_from_coco", "read_bbu_jsonl", "read_ground_truth", "read_predictions",
+    "prediction_record", "predictions_from_coco", "read_bbu_jsonl", "read_ground_truth", "read_predictions", "read_split",
     "resolve_backend", "write_eval_dir", "write_predictions_jsonl",
 ]

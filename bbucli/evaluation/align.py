@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bbucli.evaluation.types import Detections, GroundTruth, GroundTruthImage, Problem
+from bbucli.evaluation.types import Detections, GroundTruth, GroundTruthImage
+from bbucli.schema import Problem
 from bbucli.taxonomy import Taxonomy
 
 OVERHANG_PX = 0.5

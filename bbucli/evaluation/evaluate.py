@@ -37,11 +37,11 @@ from bbucli.evaluation.result import (
     TypeMetrics,
 )
 from bbucli.evaluation.types import Detections, GroundTruth
+from bbucli.schema import Progress
 from bbucli.taxonomy import Taxonomy
 
 WORST_IMAGES = 20
 AGNOSTIC = "object"
-Progress = Callable[[str, int, int], None]
 STAGES = ("align", "coco classes", "coco types", "coco class-agnostic", "operating point")
 
 
@@ -118,6 +118,7 @@ def evaluate(
     threshold: score threshold of the operating point; None picks the one with the best F1.
     taxonomy: tells defect classes apart and maps descs; None = the built-in one.
     backend: "auto" (faster-coco-eval when installed), "pycocotools" or "faster".
+    progress: called as (stage, done, total) with the stages of `STAGES`.
     """
     if iou_type != "bbox":
         raise UsageError(f"iou_type {iou_type!r} is not supported", hint="bbu predicts boxes: use iou_type='bbox'")

@@ -9,6 +9,8 @@ annotation ids are replaced later (COCOeval treats id 0 as "unmatched"). Key = `
 (`str(id)` where it has none).
 
 A malformed record is reported (`file:line` or `file: annotations[i]`) and skipped; the rest is read.
+`read_split` also keeps each scored image's episode (its teachers), so that a checkpoint evaluation
+reads the file once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +26,33 @@ import numpy as np
 from PIL import Image
 
 from bbucli.errors import DataError
-from bbucli.evaluation.types import Category, GroundTruth, GroundTruthImage, Problem
-from bbucli.schema import RecordError, iter_episodes
+from bbucli.evaluation.types import Category, GroundTruth, GroundTruthImage
+from bbucli.schema import Episode, Problem, RecordError, iter_episodes
 
 
-def read_ground_truth(path: str | Path) -> GroundTruth:
+@dataclass(frozen=True)
+class Split:
+    """A ground truth as read, with the episode of each scored image by its key (a bbu JSONL: the
+    first episode of each student image, paths relative to the JSONL's folder; COCO: none)."""
+
+    ground_truth: GroundTruth
+    episodes: Mapping[str, Episode] = field(default_factory=dict)
+
+
+def read_split(path: str | Path) -> Split:
     """Read a bbu JSONL or a COCO instances JSON (told apart by content), reporting bad records."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"ground truth {path} does not exist", hint="pass --data with a JSONL split from `bbu convert` or a COCO instances JSON")
     data = _whole_json(path)
     if isinstance(data, Mapping) and "images" in data:
-        return ground_truth_from_coco(data, source=path)
-    return read_bbu_jsonl(path)
+        return Split(ground_truth_from_coco(data, source=path))
+    return _bbu_jsonl(path)
+
+
+def read_ground_truth(path: str | Path) -> GroundTruth:
+    """`read_split` without the episodes."""
+    return read_split(path).ground_truth
 
 
 def _whole_json(path: Path) -> Any:
@@ -61,8 +78,12 @@ def _image_size(file: Path) -> tuple[int, int] | None:
 
 def read_bbu_jsonl(path: str | Path) -> GroundTruth:
     """Ground truth from a canonical JSONL split: one image per episode (its student)."""
-    path = Path(path)
+    return _bbu_jsonl(Path(path)).ground_truth
+
+
+def _bbu_jsonl(path: Path) -> Split:
     root = path.parent
+    episodes: dict[str, Episode] = {}
     images: list[GroundTruthImage] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
@@ -76,6 +97,7 @@ def read_bbu_jsonl(path: str | Path) -> GroundTruth:
             problems.append(Problem(f"{path}:{line}", f"student image {sample.image} already scored at line {seen[sample.image]}; record skipped"))
             continue
         seen[sample.image] = line
+        episodes[sample.image] = item
         file = root / sample.image
         wh = _image_size(file)
         if wh is None:
@@ -98,7 +120,8 @@ def read_bbu_jsonl(path: str | Path) -> GroundTruth:
         ))
     if not images:
         raise DataError(f"{path} holds no usable episode", hint="pass the .val.jsonl split written by `bbu convert`")
-    return GroundTruth.from_images(images, format="bbu-jsonl", source=path, problems=tuple(problems))
+    ground_truth = GroundTruth.from_images(images, format="bbu-jsonl", source=path, problems=tuple(problems))
+    return Split(ground_truth, episodes)
 
 
 # ---- COCO instances ------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bbucli.errors import DataError
-from bbucli.evaluation.evaluate import Progress, evaluate
+from bbucli.evaluation.evaluate import evaluate
 from bbucli.evaluation.ground_truth import read_ground_truth
 from bbucli.evaluation.predictions import read_predictions
 from bbucli.evaluation.result import EvalResult
 from bbucli.evaluation.writers import OVERLAYS, write_eval_dir
+from bbucli.schema import Progress
 from bbucli.taxonomy import Taxonomy
 
 

@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from bbucli.errors import DataError
-from bbucli.evaluation.types import SOURCES, Detections, GroundTruth, Problem
-from bbucli.schema import write_jsonl_atomic
+from bbucli.evaluation.types import SOURCES, Detections, GroundTruth
+from bbucli.schema import Problem, write_jsonl_atomic
 
 LINE_KEYS = {"image", "width", "height", "objects", "source", "unparseable", "raw"}
 OBJECT_KEYS = {"bbox_2d", "desc", "score"}

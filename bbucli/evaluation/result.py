@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from bbucli.evaluation.align import AlignedImage
 from bbucli.evaluation.cocoeval import STAT_NAMES
 from bbucli.evaluation.escape import EscapeRate
-from bbucli.evaluation.types import Problem
+from bbucli.schema import Problem
 
 BACKGROUND = "background"
 

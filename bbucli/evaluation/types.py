@@ -1,5 +1,5 @@
 """What flows into scoring: predicted `Detections`, the `GroundTruth` they are scored against, and
-the `Problem`s found in either.
+the `Problem`s (`bbucli.schema.Problem`) found in either.
 
 Frames. A `GroundTruth` holds each image's boxes in one frame, the *scoring frame*:
 - read from a bbu JSONL: pixels of the stored (resized) image, as the JSONL writes them; `image_wh`
@@ -20,21 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bbucli.schema import Problem
+
 SOURCES = ("head", "lm")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong in the input that was skipped, repaired or left unscored.
-
-    `where` names the place: `preds.jsonl:7` (file:line), `gt.json: annotations[3]`, or an image.
-    """
-
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
 
 
 def _boxes(value: object, name: str) -> np.ndarray:

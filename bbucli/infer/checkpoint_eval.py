@@ -22,31 +22,21 @@ the config's `data.max_tokens`. A COCO ground truth has no teachers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bbucli.errors import DataError, UsageError
 from bbucli.evaluation.evaluate import evaluate
-from bbucli.evaluation.ground_truth import read_ground_truth
-from bbucli.infer.inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_K, SOURCES, Inference
-from bbucli.infer.predict import prediction_line
+from bbucli.evaluation.ground_truth import Split, read_split
 from bbucli.evaluation.result import EvalResult
 from bbucli.evaluation.types import GroundTruth
 from bbucli.evaluation.writers import OVERLAYS, write_eval_dir
+from bbucli.infer.inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_K, SOURCES, Inference
+from bbucli.infer.predict import prediction_line
 from bbucli.model.checkpoint import Checkpoint, load_checkpoint
-from bbucli.schema import (
-    Episode,
-    RecordError,
-    Sample,
-    iter_episodes,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
+from bbucli.schema import Episode, Progress, Sample, write_json_atomic, write_jsonl_atomic
 from bbucli.taxonomy import Taxonomy
-
-#: progress(stage, done, total): "load", "predict", then the scoring stages of each source.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -118,6 +108,8 @@ def evaluate_checkpoint(
     threshold: the score threshold of the operating point (None: best F1 on this split);
     taxonomy: tells defect classes apart (default: the checkpoint's taxonomy.yaml, else built-in).
     hypotheses: classes per head query (`Inference`; 1: one box per query).
+    progress: called as (stage, done, total) for "load", "predict", then "<source>: <stage>" for
+    the scoring stages of each source.
     """
     sources = tuple(dict.fromkeys(sources))
     if not sources or any(s not in SOURCES for s in sources):
@@ -132,7 +124,8 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint, device=resolved_device, dtype=dtype)
     report("load", 1, 1)
     data = Path(data) if data is not None else default_data(ckpt)
-    ground_truth = read_ground_truth(data)
+    split = read_split(data)  # the ground truth and the episodes, in one read of the file
+    ground_truth = split.ground_truth
     taxonomy = _taxonomy(taxonomy, ckpt)
     k = _teacher_count(teachers, ckpt, ground_truth)
     inference = Inference(
@@ -156,15 +149,16 @@ def evaluate_checkpoint(
             "the images/ folder `bbu convert` wrote",
         )
     scored = list(ground_truth.images)
-    episodes = _episodes(data) if ground_truth.format == "bbu-jsonl" and k != 0 else {}
-    teacher_lists = [_teachers(episodes.get(image.key), data.parent, k) for image in scored]
     report("predict", 0, len(scored))
     started = time.perf_counter()
     predictions = inference.predict(
-        [image.file for image in scored], None, teacher_lists, sources=sources, top_k=top_k,
-        max_new_tokens=max_new_tokens, keys=[image.key for image in scored],
-        progress=lambda done, total: report("predict", done, total),
-    )  # fmt: skip
+        _inputs(split, data.parent, k),
+        sources=sources,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        keys=[image.key for image in scored],
+        progress=report,
+    )
     seconds = (time.perf_counter() - started) / max(len(scored), 1)
 
     base = Path(out_dir) if out_dir is not None else ckpt.path / "eval"
@@ -172,9 +166,13 @@ def evaluate_checkpoint(
     for source in sources:
         found = predictions[source]
         result = evaluate(
-            [p.detections for p in found], ground_truth, threshold=threshold, taxonomy=taxonomy, backend=backend,
+            [p.detections for p in found],
+            ground_truth,
+            threshold=threshold,
+            taxonomy=taxonomy,
+            backend=backend,
             progress=lambda stage, done, total, s=source: report(f"{s}: {stage}", done, total),
-        )  # fmt: skip
+        )
         folder = (base if len(sources) == 1 else base / source) if write else None
         written: dict[str, Path] = {}
         if folder is not None:
@@ -184,16 +182,27 @@ def evaluate_checkpoint(
             written["predictions"] = folder / "predictions.jsonl"
             write_jsonl_atomic(written["predictions"], (prediction_line(p) for p in found))
             written["inference"] = folder / "inference.json"
-            write_json_atomic(written["inference"], {
-                "checkpoint": str(ckpt.path), "data": str(data), "source": source, "teachers": k,
-                "images": len(ground_truth.images), "images_predicted": len(scored),
-                "seconds_per_image": round(seconds, 4), "batch_size": batch_size, "device": str(resolved_device),
-                "max_new_tokens": max_new_tokens if source == "lm" else None, "top_k": top_k,
-                "hypotheses": hypotheses if source == "head" else None,
-                "unparseable": sum(p.detections.unparseable for p in found),
-                "teachers_mean": round(sum(p.teachers for p in found) / max(len(found), 1), 3),
-                "prompt_tokens_mean": round(sum(p.prompt_tokens for p in found) / max(len(found), 1), 1),
-            })  # fmt: skip
+            n = max(len(found), 1)
+            write_json_atomic(
+                written["inference"],
+                {
+                    "checkpoint": str(ckpt.path),
+                    "data": str(data),
+                    "source": source,
+                    "teachers": k,
+                    "images": len(ground_truth.images),
+                    "images_predicted": len(scored),
+                    "seconds_per_image": round(seconds, 4),
+                    "batch_size": batch_size,
+                    "device": str(resolved_device),
+                    "max_new_tokens": max_new_tokens if source == "lm" else None,
+                    "top_k": top_k,
+                    "hypotheses": hypotheses if source == "head" else None,
+                    "unparseable": sum(p.detections.unparseable for p in found),
+                    "teachers_mean": round(sum(p.teachers for p in found) / n, 3),
+                    "prompt_tokens_mean": round(sum(p.prompt_tokens for p in found) / n, 1),
+                },
+            )
         results.append(SourceEval(source, result, written, folder, seconds))
     return CheckpointEvalRun(
         ckpt.path,
@@ -231,19 +240,17 @@ def _teacher_count(
     return configured if isinstance(configured, int) and configured >= 0 else None
 
 
-def _episodes(data: Path) -> dict[str, Episode]:
-    """Student image -> its episode (the first one; the ground-truth reader reports the rest)."""
-    found: dict[str, Episode] = {}
-    for _, item in iter_episodes(data):
-        if not isinstance(item, RecordError):
-            found.setdefault(item.student.image, item)
-    return found
-
-
-def _teachers(episode: Episode | None, root: Path, k: int | None) -> tuple[Sample, ...]:
-    """The first `k` (None: all) teachers of `episode`, image paths resolved against the JSONL folder."""
-    if episode is None or k == 0:
-        return ()
-    return tuple(
-        replace(t, images=tuple(str(root / p) for p in t.images)) for t in episode.teachers[:k]
-    )
+def _inputs(split: Split, root: Path, k: int | None) -> list[Path | Episode]:
+    """What `Inference` reads for each scored image: its file, or (a bbu JSONL, k != 0) its
+    episode with the first `k` (None: all) teachers, image paths resolved against the JSONL folder."""
+    inputs: list[Path | Episode] = []
+    for image in split.ground_truth.images:
+        episode = split.episodes.get(image.key)
+        if episode is None or k == 0 or not episode.teachers:
+            inputs.append(image.file)
+            continue
+        teachers = tuple(
+            replace(t, images=tuple(str(root / p) for p in t.images)) for t in episode.teachers[:k]
+        )
+        inputs.append(Episode(student=Sample((str(image.file),)), teachers=teachers))
+    return inputs

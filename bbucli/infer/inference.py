@@ -8,16 +8,14 @@ Prompts are built exactly as in training (`bbucli.infer.prompting`: `ChatProcess
 episode whose student is the image, cut at `prompt_end`), with the checkpoint's chat template,
 pixel limits and training prompts; optional teacher episodes come first.
 
+Images are paths, PIL images (kept in memory: nothing is written) or `Episode`s (the student's
+image with its teachers).
+
 Frames: the model sees the resized image (`model_wh`); every returned box is xyxy in pixels of
 the original image as it stands upright (EXIF orientation applied, `image_wh`), clipped to it.
-- head: normalised cxcywh x `image_wh` (the resize is a per-axis scaling); padded queries
-  (`query_mask` False) are skipped. With known classes (`class_descs`, from_checkpoint: the
-  taxonomy's descs the caption vocabulary can spell) each query is labelled by the caption
-  decoder's likelihood of every class desc (teacher-forced, softmax over the classes) and
-  score = sigmoid(objectness) x p(class); a query yields its `hypotheses` best classes (DETR's
-  top-k over query x class pairs; 1: one box per query). Without classes: desc = the greedy
-  caption (compact vocabulary -> Qwen ids -> text), score = sigmoid(objectness). The top `top_k`
-  by score are kept, then those >= `score_threshold`.
+- head: `bbucli.infer.postprocess.HeadDecoder` (normalised cxcywh x `image_wh`; classes by the
+  caption decoder's likelihood of each known class desc - from_checkpoint: the taxonomy's descs
+  the caption vocabulary can spell - or the greedy caption; top `top_k`, then `score_threshold`).
 - lm: the greedy answer (`bbucli.infer.generation`) parsed by `parse_answer`; integer boxes
   of `model_wh` scaled per axis to `image_wh`; score = mean token log-probability of the object's
   `{...}` item (`bbucli.infer.answers`). An answer that is not one complete valid list
@@ -26,21 +24,21 @@ the original image as it stands upright (EXIF orientation applied, `image_wh`), 
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from bbucli.chat.processor import ChatProcessorOutput
 from bbucli.chat.prompts import Prompts
 from bbucli.data.collators import StandardDataCollator
 from bbucli.errors import ModelError, UsageError
-from bbucli.infer.answers import UNCAPTIONED, detections_from_answer
+from bbucli.evaluation.types import Detections
+from bbucli.infer.answers import detections_from_answer
 from bbucli.infer.generation import generate_answers
+from bbucli.infer.postprocess import HeadDecoder
 from bbucli.infer.prompting import (
     ImageInput,
     PreparedImage,
@@ -49,22 +47,16 @@ from bbucli.infer.prompting import (
     teacher_samples,
     teachers_per_image,
 )
-from bbucli.evaluation.types import Detections
-from bbucli.geometry import denormalize_cxcywh
-from bbucli.model.caption_vocab import PAD, UNK, CaptionVocab
-from bbucli.loss.multitask import caption_token_ids
+from bbucli.schema import Progress
 
 if TYPE_CHECKING:
     from bbucli.chat.loading import VLProcessor
     from bbucli.model.bbu_model import BBUModel
-    from bbucli.model.head import HeadOutput
 
 Source = Literal["head", "lm"]
 SOURCES: tuple[str, ...] = ("head", "lm")
 DEFAULT_TOP_K = 100
 DEFAULT_MAX_NEW_TOKENS = 1024
-#: progress(done, total): images finished so far.
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,18 +114,12 @@ class Inference:
         )
         self.collate = StandardDataCollator(self.pad_id, padding_side="left")
         self.prompt_builder = PromptBuilder(processor, prompts, max_tokens)
-        self.hypotheses = hypotheses
-        self.class_descs: tuple[str, ...] = ()
-        self._class_targets: torch.Tensor | None = None
-        vocab = model.caption_vocab
-        if class_descs and vocab is not None and model.head.caption_decoder is not None:
-            # Only descs the vocabulary can spell: an unknown token is UNK, never generated.
-            ids = {d: caption_token_ids(tokenizer, d) for d in dict.fromkeys(class_descs)}
-            known = [d for d, t in ids.items() if UNK not in vocab.encode(t)]
-            if known:
-                self.class_descs = tuple(known)
-                max_len = model.head.config.caption_max_len
-                self._class_targets = vocab.targets([ids[d] for d in known], max_len)
+        self.decode_head = HeadDecoder(model, tokenizer, class_descs, hypotheses)
+
+    @property
+    def class_descs(self) -> tuple[str, ...]:
+        """The class descs the head labels its queries with (empty: greedy captions)."""
+        return self.decode_head.class_descs
 
     @classmethod
     def from_checkpoint(
@@ -183,14 +169,25 @@ class Inference:
     ) -> list[Detections]:
         """Detections per image, boxes xyxy in the original (EXIF-upright) image's pixels.
 
-        images: file paths or PIL images. prompt: the instruction of each user turn (a str) or
+        images: file paths, PIL images or Episodes (their student image, with their teachers).
+        prompt: the instruction of each user turn (a str) or
         both texts (`Prompts`); None: the training prompts. teachers: episodes shown first, as in
         training: an `Episode` (its teachers) or a list of `Sample`s for every image, or one such
         entry per image; relative image paths resolve against the working directory.
         keys: `Detections.image` of each image (default: the path as given, `image_<i>` for PIL).
+        progress: called as ("predict", images done, images) after each batch.
         """
-        found = self.predict(images, prompt, teachers, sources=(source,), score_threshold=score_threshold,
-                             top_k=top_k, max_new_tokens=max_new_tokens, keys=keys, progress=progress)  # fmt: skip
+        found = self.predict(
+            images,
+            prompt,
+            teachers,
+            sources=(source,),
+            score_threshold=score_threshold,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            keys=keys,
+            progress=progress,
+        )
         return [p.detections for p in found[source]]
 
     def predict(
@@ -217,39 +214,28 @@ class Inference:
             raise UsageError(f"{len(keys)} keys for {len(images)} images")
         per_image = teachers_per_image(teachers, len(images))
         results: dict[str, list[Prediction]] = {s: [] for s in sources}
-        with tempfile.TemporaryDirectory(prefix="bbu-predict-") as scratch:
-            for start in range(0, len(images), self.batch_size):
-                stop = min(start + self.batch_size, len(images))
-                prepared = [
-                    self.prompt_builder.prepare(
-                        images[i],
-                        per_image[i],
-                        prompt=prompt,
-                        key=keys[i] if keys else None,
-                        index=i,
-                        scratch=Path(scratch),
-                    )
-                    for i in range(start, stop)
-                ]
-                batch = self._to_device(self.collate([p.sample for p in prepared]))
-                if "head" in results:
-                    results["head"] += self._head(batch, prepared, score_threshold, top_k)
-                if "lm" in results:
-                    results["lm"] += self._lm(
-                        batch, prepared, score_threshold, top_k, max_new_tokens
-                    )
-                if progress is not None:
-                    progress(stop, len(images))
+        for start in range(0, len(images), self.batch_size):
+            stop = min(start + self.batch_size, len(images))
+            prepared = [
+                self.prompt_builder.prepare(
+                    images[i], per_image[i], prompt=prompt, key=keys[i] if keys else None, index=i
+                )
+                for i in range(start, stop)
+            ]
+            batch = self._to_device(self.collate([p.sample for p in prepared]))
+            if "head" in results:
+                results["head"] += self._head(batch, prepared, score_threshold, top_k)
+            if "lm" in results:
+                results["lm"] += self._lm(batch, prepared, score_threshold, top_k, max_new_tokens)
+            if progress is not None:
+                progress("predict", stop, len(images))
         return results
 
     def prepare(
         self, image: ImageInput, prompt: str | Prompts | None = None, teachers: TeachersInput = None
     ) -> ChatProcessorOutput:
         """The prompt tensors of one image (what the model reads; ends at the generation header)."""
-        with tempfile.TemporaryDirectory(prefix="bbu-predict-") as scratch:
-            prepared = self.prompt_builder.prepare(
-                image, teacher_samples(teachers), prompt=prompt, scratch=Path(scratch)
-            )
+        prepared = self.prompt_builder.prepare(image, teacher_samples(teachers), prompt=prompt)
         return prepared.sample
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -270,83 +256,12 @@ class Inference:
         out = self.model(batch).head
         if out is None or out.pred_logits.shape[0] != len(prepared):
             raise ModelError("the detection head saw no student image")  # every prompt has one
-        if self._class_targets is not None:
-            chosen = self._class_pairs(out, threshold, top_k)
-        else:
-            chosen = self._greedy(out, threshold, top_k)
-        predictions = []
-        for row, (p, (keep, scores, descs)) in enumerate(zip(prepared, chosen, strict=True)):
-            boxes = denormalize_cxcywh(out.pred_boxes[row, keep].float().cpu(), p.image_wh).numpy()
-            scores = scores.cpu().numpy()
-            valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            row_descs = [d for d, v in zip(descs, valid, strict=True) if v]
-            dets = Detections(
-                p.key,
-                boxes[valid],
-                tuple(row_descs),
-                scores[valid],
-                image_wh=p.image_wh,
-                source="head",
-            )
-            predictions.append(
-                Prediction(dets, None, None, p.sample.length, p.teachers, p.model_wh)
-            )
-        return predictions
-
-    def _greedy(
-        self, out: HeadOutput, threshold: float | None, top_k: int | None
-    ) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        """Per row: (kept queries, their objectness, their greedy captions), best first."""
-        kept = []
-        for row in range(out.hidden.shape[0]):
-            n = int(out.query_mask[row].sum())  # valid queries come first
-            scores = torch.sigmoid(out.pred_logits[row, :n].float())
-            order = _best_first(scores, top_k, threshold)
-            kept.append((order, scores[order]))
-        descs = self._captions(out.hidden, [order for order, _ in kept])
-        return [(order, scores, d) for (order, scores), d in zip(kept, descs, strict=True)]
-
-    def _class_pairs(
-        self, out: HeadOutput, threshold: float | None, top_k: int | None
-    ) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        """Per row: (query of each kept (query, class) pair, objectness x p(class), class desc),
-        best first; each query gives its `hypotheses` most likely classes."""
-        n_classes, per_query = len(self.class_descs), min(self.hypotheses, len(self.class_descs))
-        class_targets = self._class_targets.to(out.hidden.device)
-        chosen = []
-        for row in range(out.hidden.shape[0]):
-            n = int(out.query_mask[row].sum())  # valid queries come first
-            hidden = out.hidden[row, :n].float().repeat_interleave(n_classes, 0)
-            targets = class_targets.repeat(n, 1)  # (n * C, L)
-            logits = self.model.head.caption_logits(hidden, targets).float()
-            nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none")
-            p_class = (-nll.sum(-1)).view(n, n_classes).softmax(-1)
-            best, classes = p_class.topk(per_query, dim=-1)
-            scores = (torch.sigmoid(out.pred_logits[row, :n].float())[:, None] * best).flatten()
-            order = _best_first(scores, top_k, threshold)
-            descs = [self.class_descs[int(c)] for c in classes.flatten()[order]]
-            chosen.append((order // per_query, scores[order], descs))
-        return chosen
-
-    def _captions(self, hidden: torch.Tensor, keep_per_row: list[torch.Tensor]) -> list[list[str]]:
-        """Greedy captions of the kept queries, decoded to text (UNCAPTIONED when empty or when
-        the head has no caption decoder)."""
-        vocab: CaptionVocab | None = self.model.caption_vocab
-        counts = [len(k) for k in keep_per_row]
-        if vocab is None or self.model.head.caption_decoder is None or not sum(counts):
-            return [[UNCAPTIONED] * n for n in counts]
-        chosen = torch.cat([hidden[row, keep] for row, keep in enumerate(keep_per_row)])
-        compact = self.model.head.generate_captions(chosen.float()).cpu()
-        texts = [
-            self.tokenizer.decode(vocab.decode(row), skip_special_tokens=True).strip()
-            for row in compact
+        keys, whs = [p.key for p in prepared], [p.image_wh for p in prepared]
+        found = self.decode_head(out, keys, whs, threshold, top_k)
+        return [
+            Prediction(dets, None, None, p.sample.length, p.teachers, p.model_wh)
+            for p, dets in zip(prepared, found, strict=True)
         ]
-        texts = [t or UNCAPTIONED for t in texts]
-        out, at = [], 0
-        for n in counts:
-            out.append(texts[at : at + n])
-            at += n
-        return out
 
     def _lm(
         self,
@@ -378,13 +293,3 @@ class Inference:
                 Prediction(dets, text, error, p.sample.length, p.teachers, p.model_wh)
             )
         return predictions
-
-
-def _best_first(scores: torch.Tensor, top_k: int | None, threshold: float | None) -> torch.Tensor:
-    """Indices of `scores` (1-D) from best to worst, at most top_k of them, none below threshold."""
-    order = torch.argsort(scores, descending=True)
-    if top_k is not None:
-        order = order[:top_k]
-    if threshold is not None:
-        order = order[scores[order] >= threshold]
-    return order

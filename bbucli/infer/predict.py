@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bbucli.errors import DataError
+from bbucli.evaluation.predictions import prediction_record
+from bbucli.evaluation.render_detections import render_detections
+from bbucli.evaluation.writers import write_bytes_atomic
 from bbucli.infer.inference import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TOP_K,
@@ -24,14 +27,8 @@ from bbucli.infer.inference import (
     Prediction,
     Source,
 )
-from bbucli.evaluation.predictions import prediction_record
-from bbucli.evaluation.render_detections import render_detections
-from bbucli.evaluation.writers import write_bytes_atomic
-from bbucli.schema import write_jsonl_atomic
+from bbucli.schema import Progress, write_jsonl_atomic
 from bbucli.taxonomy import Taxonomy
-
-#: progress(stage, done, total): "load", "predict", "render".
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -85,11 +82,12 @@ def predict_images(
     progress: Progress | None = None,
 ) -> PredictRun:
     """Predict `images` (paths) with the checkpoint; write the JSONL to `out` and pictures into
-    `render_dir` when given. Raises DataError for a missing image before loading the model."""
+    `render_dir` when given. Raises DataError for a missing image before loading the model.
+    progress: called as (stage, done, total) for the stages "load", "predict", "render"."""
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
-        raise DataError(f"image not found: {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""),
-                        hint="pass existing image files")  # fmt: skip
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"image not found: {missing[0]}{more}", hint="pass existing image files")
     report = progress or (lambda stage, done, total: None)
     report("load", 0, 1)
     inference = Inference.from_checkpoint(
@@ -97,10 +95,16 @@ def predict_images(
     )
     report("load", 1, 1)
     report("predict", 0, len(images))
-    predictions = inference.predict(
-        list(images), sources=(source,), score_threshold=score_threshold, top_k=top_k, max_new_tokens=max_new_tokens,
-        keys=[str(p) for p in images], progress=lambda done, total: report("predict", done, total),
-    )[source]  # fmt: skip
+    found = inference.predict(
+        list(images),
+        sources=(source,),
+        score_threshold=score_threshold,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        keys=[str(p) for p in images],
+        progress=report,
+    )
+    predictions = found[source]
     records = tuple(prediction_line(p) for p in predictions)
     out_path = Path(out) if out is not None else None
     if out_path is not None:

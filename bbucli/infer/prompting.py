@@ -10,25 +10,31 @@ training config's `data.max_tokens`) teachers are dropped, the last first, as tr
 the budget counts the prompt and the student's empty answer (training counts its real answer). A
 student too long on its own, which training skips, is still predicted, without teachers.
 
-PIL images are written upright (EXIF orientation applied) to a scratch folder as PNG first, so
-that paths and in-memory images take the same route.
+An image is a path, a PIL image or an `Episode` (its student's image, with its teachers). A PIL
+image stays in memory: made upright (EXIF orientation applied) and RGB, it takes the route of a
+file from there on (same smart_resize, same decode), under the name `<in-memory>/image_<i>`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
+from bbucli.chat.image_info import ImageInfo, memory_image_info
 from bbucli.chat.loading import VLProcessor
 from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
 from bbucli.chat.prompts import Prompts
 from bbucli.errors import ModelError, UsageError
 from bbucli.schema import Episode, Sample
 
-ImageInput = str | Path | Image.Image
+ImageInput = str | Path | Image.Image | Episode
+#: Where in-memory images are said to be (a name only: nothing is written there).
+IN_MEMORY = Path(os.sep, "<in-memory>")
 #: Teachers of one image: an Episode (its teachers), Samples, or None.
 TeachersInput = Episode | Sequence[Sample] | None
 
@@ -61,9 +67,9 @@ class PromptBuilder:
         self.processor = processor
         self.prompts = prompts
         self.max_tokens = max_tokens
-        self._chats: dict[tuple[str, str, int | None], ChatProcessor] = {}
+        self._chats: dict[tuple[str, str, int | None], _Chat] = {}
 
-    def chat(self, prompt: str | Prompts | None = None, *, budget: bool = True) -> ChatProcessor:
+    def chat(self, prompt: str | Prompts | None = None, *, budget: bool = True) -> _Chat:
         """The ChatProcessor of `prompt`: a str replaces the instruction, `Prompts` both texts,
         None keeps the training prompts; budget=False: without `max_tokens`."""
         if isinstance(prompt, Prompts):
@@ -75,7 +81,7 @@ class PromptBuilder:
         max_tokens = self.max_tokens if budget else None
         key = (prompts.system, prompts.instruction, max_tokens)
         if key not in self._chats:
-            self._chats[key] = ChatProcessor(
+            self._chats[key] = _Chat(
                 self.processor,
                 system_prompt=prompts.system,
                 instruction=prompts.instruction,
@@ -91,30 +97,61 @@ class PromptBuilder:
         prompt: str | Prompts | None = None,
         key: str | None = None,
         index: int = 0,
-        scratch: Path | None = None,
     ) -> PreparedImage:
         """One image's prompt. teachers: Samples with absolute image paths (`teacher_samples`);
-        key default: the path as given, `image_<index>` for a PIL image (written into `scratch`)."""
+        an `Episode` image brings its own teachers (then `teachers` must be empty). key default:
+        the path as given (an Episode: its student's), `image_<index>` for a PIL image."""
         chat = self.chat(prompt)
+        memory: ImageInfo | None = None
+        if isinstance(image, Episode):
+            if teachers:
+                raise UsageError("an Episode brings its own teachers: pass no other teachers")
+            teachers = teacher_samples(image)
+            image = image.student.image
         if isinstance(image, Image.Image):
-            if scratch is None:
-                raise ValueError("a PIL image needs a scratch folder")
-            file = scratch / f"image_{index}.png"
-            ImageOps.exif_transpose(image).convert("RGB").save(file)
             default_key = f"image_{index}"
+            memory = memory_image_info(
+                image, IN_MEMORY / default_key, chat.min_pixels, chat.max_pixels
+            )
+            file = memory.path
         else:
             file = Path(image).absolute()
             default_key = str(image)
-        image_wh = chat.image_info(file).stored_wh
         episode = Episode(student=Sample((str(file),)), teachers=teachers)
-        out = chat.process_sample(episode, Path.cwd())
-        if out is None:  # the student alone is over the budget: predicted anyway, alone
-            episode = Episode(student=episode.student)
-            out = self.chat(prompt, budget=False).process_sample(episode, Path.cwd())
+        with chat.in_memory(memory), self.chat(prompt, budget=False).in_memory(memory) as alone:
+            image_wh = chat.image_info(file).stored_wh
+            out = chat.process_sample(episode, Path.cwd())
+            if out is None:  # the student alone is over the budget: predicted anyway, alone
+                episode = Episode(student=episode.student)
+                out = alone.process_sample(episode, Path.cwd())
         if out is None:
             raise ModelError(f"{file}: no prompt could be built")
         kept = len(episode.teachers) - out.teachers_dropped
         return PreparedImage(prompt_only(out), key or default_key, image_wh, kept)
+
+
+class _Chat(ChatProcessor):
+    """A `ChatProcessor` that also reads images given in memory (`memory_image_info`), by their
+    name, while `in_memory` holds them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._memory: dict[str, ImageInfo] = {}
+
+    def image_info(self, path: str | Path) -> ImageInfo:
+        found = self._memory.get(os.fspath(path))
+        return found if found is not None else super().image_info(path)
+
+    @contextmanager
+    def in_memory(self, info: ImageInfo | None) -> Iterator[_Chat]:
+        """Within the block, `info.path` names `info` (nothing when None)."""
+        if info is not None:
+            self._memory[os.fspath(info.path)] = info
+        try:
+            yield self
+        finally:
+            if info is not None:
+                self._memory.pop(os.fspath(info.path), None)
 
 
 def prompt_only(out: ChatProcessorOutput) -> ChatProcessorOutput:

@@ -3,5 +3,5 @@
 Views, one module each, every one a frozen dataclass with `to_dict()`: `summary` (the whole file),
 `episode` (one episode turn by turn), `tensors` (shapes after ChatProcessor and the collators),
 `tokens` (the decoded token stream, a string's ids), `render` (boxes drawn on the images).
-`source` reads the file and turns bad input into `Problem`s; `batching` holds the padding maths.
+`source` reads the file and turns bad input into `RecordProblem`s (a `bbucli.schema.Problem` with its kind); `batching` holds the padding maths.
 """

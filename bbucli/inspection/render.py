@@ -49,7 +49,7 @@ PALETTE = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
     (128, 0, 0), (0, 0, 128),
-)  # fmt: skip
+)
 NO_CJK_HINT = "install fonts-noto-cjk or fonts-wqy-microhei for Chinese labels"
 
 
@@ -70,7 +70,7 @@ def _fc_list_cjk() -> str | None:
         found = subprocess.run(
             ["fc-list", ":lang=zh", "-f", "%{file}\n"],
             capture_output=True, text=True, timeout=5, check=False,
-        )  # fmt: skip
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     files = sorted(f for f in found.stdout.splitlines() if f.strip() and Path(f).is_file())
@@ -149,6 +149,20 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
     return text + "…"
 
 
+def title_font_px(sizes: Sequence[tuple[int, int]]) -> int:
+    """Font size of titles and labels for panels of (width, height) `sizes`: 1/50 of the tallest,
+    clamped to 12-32 px."""
+    return max(12, min(32, max(h for _, h in sizes) // 50))
+
+
+def canvas_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """(width, height) in pixels of the canvas holding panels of (width, height) `sizes` side by
+    side, each under a title line of `title_font_px` + 2 * TITLE_PAD, MARGIN around and between."""
+    title_h = title_font_px(sizes) + 2 * TITLE_PAD
+    width = sum(w for w, _ in sizes) + MARGIN * (len(sizes) + 1)
+    return width, max(h for _, h in sizes) + title_h + 2 * MARGIN
+
+
 def render_episode(
     path: str | Path, index: int, out_png: str | Path, *, font: FontChoice | None = None
 ) -> RenderResult:
@@ -163,11 +177,10 @@ def render_episode(
     samples = episode.samples
     images = [_open_upright(path.parent / s.image, where) for s in samples]
     font = font or find_font()
-    font_px = max(12, min(32, max(im.height for im in images) // 50))
+    font_px = title_font_px([im.size for im in images])
     face = _load_font(font, font_px)
     title_h = font_px + 2 * TITLE_PAD
-    width = sum(im.width for im in images) + MARGIN * (len(images) + 1)
-    height = max(im.height for im in images) + title_h + 2 * MARGIN
+    width, height = canvas_size([im.size for im in images])
     canvas = Image.new("RGB", (width, height), (245, 245, 245))
     draw = ImageDraw.Draw(canvas)
     descs = sorted({o.desc for s in samples for o in s.objects})

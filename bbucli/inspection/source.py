@@ -1,14 +1,14 @@
 """The JSONL under inspection: options, the ChatProcessor that counts, records by index, problems.
 
 Every view reads the file through here, so that a line that is not an episode, a missing or
-unreadable image and an episode over the token budget become the same `Problem`
-(`file:line: message`) wherever they are met. Image paths are relative to the JSONL's folder.
+unreadable image and an episode over the token budget become the same `RecordProblem`
+(`file:line: message`, plus its kind) wherever they are met. Image paths are relative to the
+JSONL's folder.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,11 +18,9 @@ from bbucli.chat.processor import ChatProcessor, SampleBudget
 from bbucli.chat.prompts import build_prompts
 from bbucli.errors import DataError, UsageError
 from bbucli.inspection.jsonable import to_jsonable
-from bbucli.schema import Episode, RecordError, iter_episodes
+from bbucli.schema import Episode, Problem, RecordError, iter_episodes
 from bbucli.taxonomy import Taxonomy
 
-#: progress(stage, done, total), called now and then while a file is read.
-Progress = Callable[[str, int, int], None]
 ProblemKind = Literal["invalid_record", "missing_image", "unreadable_image", "over_budget"]
 
 
@@ -60,16 +58,26 @@ class InspectOptions:
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One record that could not be inspected as it is. line: 1-based line in `path`."""
+class RecordProblem:
+    """One record that could not be inspected as it is: the `bbucli.schema.Problem` of a JSONL
+    line (`where` = "path:line") plus its kind, which `bbu inspect` counts and prints (its JSON
+    output keeps the fields path, line, kind, message). line: 1-based line in `path`."""
 
     path: Path
     line: int
     kind: ProblemKind
     message: str
 
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def problem(self) -> Problem:
+        """The kind-less `bbucli.schema.Problem` every stage reports."""
+        return Problem(self.where, self.message)
+
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        return str(self.problem())
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -96,14 +104,14 @@ def chat_processor(options: InspectOptions, *, budget: bool = True) -> ChatProce
     )
 
 
-def image_problem(path: Path, line: int, exc: DataError) -> Problem:
-    """A DataError raised while reading an episode's images, as a Problem of that line."""
+def image_problem(path: Path, line: int, exc: DataError) -> RecordProblem:
+    """A DataError raised while reading an episode's images, as a RecordProblem of that line."""
     missing = isinstance(exc.__cause__, FileNotFoundError)
-    return Problem(path, line, "missing_image" if missing else "unreadable_image", exc.message)
+    return RecordProblem(path, line, "missing_image" if missing else "unreadable_image", exc.message)
 
 
-def budget_problem(path: Path, line: int, budget: SampleBudget, max_tokens: int) -> Problem | None:
-    """An over_budget Problem when the budget dropped teachers or skips the episode, else None."""
+def budget_problem(path: Path, line: int, budget: SampleBudget, max_tokens: int) -> RecordProblem | None:
+    """An over_budget RecordProblem when the budget dropped teachers or skips the episode, else None."""
     if not budget.fits:
         message = (
             f"over max_tokens {max_tokens} even without teachers (the student alone is "
@@ -117,7 +125,7 @@ def budget_problem(path: Path, line: int, budget: SampleBudget, max_tokens: int)
         )
     else:
         return None
-    return Problem(path, line, "over_budget", message)
+    return RecordProblem(path, line, "over_budget", message)
 
 
 def count_records(path: Path) -> int:

@@ -3,7 +3,7 @@
 Token counts are `ChatProcessor.measure`'s, which reads image headers only (no pixel decode) and
 counts exactly what `process_sample` would produce, after the budget has dropped teachers. Every
 record is inspected on its own: a bad line, a missing image or an episode the budget skips
-becomes a `Problem` and the rest of the file is still counted.
+becomes a `RecordProblem` and the rest of the file is still counted.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from bbucli.inspection.batching import BatchingStats, batching_stats
 from bbucli.inspection.jsonable import to_jsonable
 from bbucli.inspection.source import (
     InspectOptions,
-    Problem,
-    Progress,
+    RecordProblem,
     budget_problem,
     chat_processor,
     count_records,
     image_problem,
 )
-from bbucli.schema import RecordError, iter_episodes
+from bbucli.schema import Progress, RecordError, iter_episodes
 
 PROGRESS_EVERY = 256
 
@@ -120,7 +119,7 @@ class DatasetSummary:
     teachers_dropped: int
     skipped: int
     batching: BatchingStats
-    problems: tuple[Problem, ...]
+    problems: tuple[RecordProblem, ...]
     seconds: float
 
     @property
@@ -150,7 +149,7 @@ def summarize(
     root = path.parent
     total = count_records(path)
 
-    problems: list[Problem] = []
+    problems: list[RecordProblem] = []
     lengths: list[int] = []
     split = Counter[str]()
     image_tokens: dict[str, int] = {}  # by the path written in the JSONL
@@ -164,7 +163,7 @@ def summarize(
         if progress is not None and done % PROGRESS_EVERY == 0:
             progress("inspect", done, total)
         if isinstance(item, RecordError):
-            problems.append(Problem(path, line, "invalid_record", item.message))
+            problems.append(RecordProblem(path, line, "invalid_record", item.message))
             continue
         try:
             budget = chat.measure(item, root)

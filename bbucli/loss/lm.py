@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from bbucli.chat.processor import IGNORE_INDEX
+
 SEGMENT_TEACHER, SEGMENT_STUDENT = 1, 2
 DEFAULT_CHUNK = 512
 

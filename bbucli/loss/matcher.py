@@ -1,15 +1,18 @@
 """Hungarian matching of detection queries to ground-truth boxes, for one or all decoder layers.
 
-Cost per (query, target) pair, : `cost_obj * focal objectness cost + cost_bbox * L1
-+ cost_giou * (-GIoU)`, boxes cxcywh normalised to [0, 1] for L1 and xyxy (same frame) for GIoU.
-Every per-image cost matrix of a step is built on the predictions' device in one batched pass
-(targets padded to the largest image, never one cross-batch matrix), copied to the host once, and
-solved image by image with scipy's `linear_sum_assignment`. Nothing here needs gradients.
+`HungarianMatcher` is the matching costs (`MatchCosts`, where their defaults live) plus the
+matching. Cost per (query, target) pair: `cost_obj * focal objectness cost + cost_bbox * L1
++ cost_giou * (-GIoU) [+ cost_center * spatial prior]`, boxes cxcywh normalised to [0, 1] for L1
+and xyxy (same frame) for GIoU. Every per-image cost matrix of a step is built on the predictions'
+device in one batched pass (targets padded to the largest image, never one cross-batch matrix),
+copied to the host once, and solved image by image with scipy's `linear_sum_assignment`. Nothing
+here needs gradients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from bbucli.errors import BbuError
 from bbucli.geometry import cxcywh_to_xyxy, generalized_box_iou
+from bbucli.loss.costs import MatchCosts
 from bbucli.loss.focal import focal_objectness_cost
 
 MatchIndices = tuple[torch.Tensor, torch.Tensor]
@@ -34,39 +38,123 @@ class MatchingError(BbuError):
     """A matching cost is NaN or infinite: the predictions (or the targets) diverged."""
 
 
-def matching_cost(
-    pred_logits: torch.Tensor,
-    pred_boxes: torch.Tensor,
-    tgt_boxes: torch.Tensor,
-    *,
-    cost_obj: float = 2.0,
-    cost_bbox: float = 5.0,
-    cost_giou: float = 2.0,
-    focal_alpha: float = 0.25,
-    focal_gamma: float = 2.0,
-    anchors: torch.Tensor | None = None,
-    cost_center: float = 0.0,
-) -> torch.Tensor:
-    """Pairwise matching cost of K independent (queries, targets) problems.
+@dataclass(frozen=True)
+class HungarianMatcher(MatchCosts):
+    """Optimal one-to-one assignment of queries to targets under the costs it holds.
 
-    pred_logits: (K, Q) objectness logits; pred_boxes: (K, Q, 4) and tgt_boxes: (K, N, 4) cxcywh
-    normalised. Returns (K, Q, N) float32, lower is a better match.
-    anchors: optional (K, Q, 4) cxcywh, where each query comes from (its token's cell); with
-    `cost_center` > 0 a pair costs that much more when the anchor's centre lies outside the target
-    box grown by half the anchor on each side (`center_prior_outside`).
+    `matcher(logits, boxes, targets)` matches one decoder layer, `matcher.match_layers(...)` all
+    of them with one device-to-host copy, `matcher.cost(...)` is the pairwise cost itself.
     """
-    pred_boxes, tgt_boxes = pred_boxes.float(), tgt_boxes.float()
-    # Coordinate planes ((K, 4, Q) memory behind a (K, Q, 4) view) make every broadcast op in
-    # geometry's GIoU run over contiguous memory: 2x faster on CPU than interleaved xyxy.
-    pred_xyxy = cxcywh_to_xyxy(pred_boxes).mT.contiguous().mT
-    tgt_xyxy = cxcywh_to_xyxy(tgt_boxes).mT.contiguous().mT
-    cost = torch.cdist(pred_boxes, tgt_boxes, p=1).mul_(cost_bbox)
-    cost.sub_(_batched_giou(pred_xyxy, tgt_xyxy), alpha=cost_giou)
-    obj = focal_objectness_cost(pred_logits.float(), alpha=focal_alpha, gamma=focal_gamma)
-    cost.add_(obj.unsqueeze(-1), alpha=cost_obj)
-    if anchors is not None and cost_center > 0:
-        cost.add_(center_prior_outside(anchors, tgt_boxes).float(), alpha=cost_center)
-    return cost
+
+    def cost(
+        self,
+        pred_logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        tgt_boxes: torch.Tensor,
+        *,
+        anchors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pairwise matching cost of K independent (queries, targets) problems.
+
+        pred_logits: (K, Q) objectness logits; pred_boxes: (K, Q, 4) and tgt_boxes: (K, N, 4)
+        cxcywh normalised. Returns (K, Q, N) float32, lower is a better match.
+        anchors: optional (K, Q, 4) cxcywh, where each query comes from (its token's cell); with
+        `cost_center` > 0 a pair costs that much more when the anchor's centre lies outside the
+        target box grown by half the anchor on each side (`center_prior_outside`).
+        """
+        pred_boxes, tgt_boxes = pred_boxes.float(), tgt_boxes.float()
+        # Coordinate planes ((K, 4, Q) memory behind a (K, Q, 4) view) make every broadcast op in
+        # geometry's GIoU run over contiguous memory: 2x faster on CPU than interleaved xyxy.
+        pred_xyxy = cxcywh_to_xyxy(pred_boxes).mT.contiguous().mT
+        tgt_xyxy = cxcywh_to_xyxy(tgt_boxes).mT.contiguous().mT
+        cost = torch.cdist(pred_boxes, tgt_boxes, p=1).mul_(self.cost_bbox)
+        cost.sub_(_batched_giou(pred_xyxy, tgt_xyxy), alpha=self.cost_giou)
+        obj = focal_objectness_cost(pred_logits.float(), alpha=self.focal_alpha, gamma=self.focal_gamma)
+        cost.add_(obj.unsqueeze(-1), alpha=self.cost_obj)
+        if anchors is not None and self.cost_center > 0:
+            cost.add_(center_prior_outside(anchors, tgt_boxes).float(), alpha=self.cost_center)
+        return cost
+
+    @torch.no_grad()
+    def match_layers(
+        self,
+        layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        targets: Sequence[torch.Tensor],
+        *,
+        step: int | None = None,
+        anchors: torch.Tensor | None = None,
+    ) -> list[list[MatchIndices]]:
+        """Match every decoder layer's queries to the targets with one device-to-host copy.
+
+        layers: per decoder layer `(logits (B, Q), boxes (B, Q, 4) cxcywh normalised)`, the same
+        B and Q for all; targets: B tensors `(N_i, 4)` cxcywh normalised (N_i may be 0).
+        anchors: optional (B, Q, 4) cxcywh of where each query comes from, the same for every
+        layer, for the spatial prior `cost_center` (see `cost`).
+        Returns `result[layer][image] = (pred_idx, tgt_idx)`, empty for images without targets.
+        Raises `MatchingError` naming the step, layer and image of the first non-finite cost.
+        """
+        if not layers:
+            raise ValueError("match_layers needs at least one decoder layer")
+        batch, num_queries = layers[0][0].shape
+        for k, (logits, boxes) in enumerate(layers):
+            if logits.shape != (batch, num_queries) or boxes.shape != (batch, num_queries, 4):
+                raise ValueError(
+                    f"layer {k}: expected logits ({batch}, {num_queries}) and boxes "
+                    f"({batch}, {num_queries}, 4), got {tuple(logits.shape)} and {tuple(boxes.shape)}"
+                )
+        if len(targets) != batch:
+            raise ValueError(f"{len(targets)} target tensors for a batch of {batch} images")
+        sizes = [int(t.shape[0]) for t in targets]
+        empty = torch.empty(0, dtype=torch.int64)
+        if max(sizes, default=0) == 0 or num_queries == 0:
+            return [[(empty, empty) for _ in range(batch)] for _ in layers]
+
+        device = layers[0][1].device
+        padded = pad_sequence(
+            [t.to(device=device, dtype=torch.float32) for t in targets],
+            batch_first=True,
+            padding_value=_PAD_BOX_CXCYWH,
+        )  # (B, N_max, 4)
+        # Layers become extra problems of the same batched pass: (L * B, Q, N_max).
+        cost = self.cost(
+            torch.stack([logits for logits, _ in layers]).flatten(0, 1),
+            torch.stack([boxes for _, boxes in layers]).flatten(0, 1),
+            padded.repeat(len(layers), 1, 1),
+            anchors=None if anchors is None else anchors.to(device).repeat(len(layers), 1, 1),
+        )
+        cost_host = cost.cpu().numpy()  # the step's only device-to-host copy (a no-op on CPU)
+        if not np.isfinite(cost_host).all():
+            _raise_first_non_finite(cost_host, sizes, step)
+
+        result: list[list[MatchIndices]] = []
+        for layer in range(len(layers)):
+            pairs: list[MatchIndices] = []
+            for image, n in enumerate(sizes):
+                if n == 0:
+                    pairs.append((empty, empty))
+                    continue
+                rows, cols = linear_sum_assignment(cost_host[layer * batch + image, :, :n])
+                pairs.append((torch.from_numpy(rows).long(), torch.from_numpy(cols).long()))
+            result.append(pairs)
+        return result
+
+    def __call__(
+        self,
+        pred_logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        targets: Sequence[torch.Tensor],
+        *,
+        step: int | None = None,
+        anchors: torch.Tensor | None = None,
+    ) -> list[MatchIndices]:
+        """One decoder layer's matching, per image.
+
+        pred_logits: (B, Q) objectness logits; pred_boxes: (B, Q, 4) cxcywh normalised; targets:
+        B tensors (N_i, 4) cxcywh normalised. Returns B pairs `(pred_idx, tgt_idx)` of int64 CPU
+        tensors of length min(Q, N_i), minimising the summed cost. Use `match_layers` to match
+        several decoder layers with a single device-to-host copy.
+        """
+        return self.match_layers([(pred_logits, pred_boxes)], targets, step=step, anchors=anchors)[0]
 
 
 def center_prior_outside(anchors: torch.Tensor, tgt_boxes: torch.Tensor) -> torch.Tensor:
@@ -83,116 +171,6 @@ def center_prior_outside(anchors: torch.Tensor, tgt_boxes: torch.Tensor) -> torc
     reach_x = (anchors[..., None, 2] + tgt_boxes[..., None, :, 2]) / 2
     reach_y = (anchors[..., None, 3] + tgt_boxes[..., None, :, 3]) / 2
     return (dx > reach_x) | (dy > reach_y)
-
-
-@torch.no_grad()
-def match_layers(
-    layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    targets: Sequence[torch.Tensor],
-    *,
-    cost_obj: float = 2.0,
-    cost_bbox: float = 5.0,
-    cost_giou: float = 2.0,
-    focal_alpha: float = 0.25,
-    focal_gamma: float = 2.0,
-    step: int | None = None,
-    anchors: torch.Tensor | None = None,
-    cost_center: float = 0.0,
-) -> list[list[MatchIndices]]:
-    """Match every decoder layer's queries to the targets with one device-to-host copy.
-
-    layers: per decoder layer `(logits (B, Q), boxes (B, Q, 4) cxcywh normalised)`, the same B
-    and Q for all; targets: B tensors `(N_i, 4)` cxcywh normalised (N_i may be 0).
-    anchors: optional (B, Q, 4) cxcywh of where each query comes from, the same for every layer,
-    for the spatial prior `cost_center` (see `matching_cost`).
-    Returns `result[layer][image] = (pred_idx, tgt_idx)`, empty for images without targets.
-    Raises `MatchingError` naming the step, layer and image of the first non-finite cost.
-    """
-    if not layers:
-        raise ValueError("match_layers needs at least one decoder layer")
-    batch, num_queries = layers[0][0].shape
-    for k, (logits, boxes) in enumerate(layers):
-        if logits.shape != (batch, num_queries) or boxes.shape != (batch, num_queries, 4):
-            raise ValueError(
-                f"layer {k}: expected logits ({batch}, {num_queries}) and boxes "
-                f"({batch}, {num_queries}, 4), got {tuple(logits.shape)} and {tuple(boxes.shape)}"
-            )
-    if len(targets) != batch:
-        raise ValueError(f"{len(targets)} target tensors for a batch of {batch} images")
-    sizes = [int(t.shape[0]) for t in targets]
-    empty = torch.empty(0, dtype=torch.int64)
-    if max(sizes, default=0) == 0 or num_queries == 0:
-        return [[(empty, empty) for _ in range(batch)] for _ in layers]
-
-    device = layers[0][1].device
-    padded = pad_sequence(
-        [t.to(device=device, dtype=torch.float32) for t in targets],
-        batch_first=True,
-        padding_value=_PAD_BOX_CXCYWH,
-    )  # (B, N_max, 4)
-    # Layers become extra problems of the same batched pass: (L * B, Q, N_max).
-    cost = matching_cost(
-        torch.stack([logits for logits, _ in layers]).flatten(0, 1),
-        torch.stack([boxes for _, boxes in layers]).flatten(0, 1),
-        padded.repeat(len(layers), 1, 1),
-        cost_obj=cost_obj,
-        cost_bbox=cost_bbox,
-        cost_giou=cost_giou,
-        focal_alpha=focal_alpha,
-        focal_gamma=focal_gamma,
-        anchors=None if anchors is None else anchors.to(device).repeat(len(layers), 1, 1),
-        cost_center=cost_center,
-    )
-    cost_host = cost.cpu().numpy()  # the step's only device-to-host copy (a no-op on CPU)
-    if not np.isfinite(cost_host).all():
-        _raise_first_non_finite(cost_host, sizes, step)
-
-    result: list[list[MatchIndices]] = []
-    for layer in range(len(layers)):
-        pairs: list[MatchIndices] = []
-        for image, n in enumerate(sizes):
-            if n == 0:
-                pairs.append((empty, empty))
-                continue
-            rows, cols = linear_sum_assignment(cost_host[layer * batch + image, :, :n])
-            pairs.append((torch.from_numpy(rows).long(), torch.from_numpy(cols).long()))
-        result.append(pairs)
-    return result
-
-
-def hungarian_matcher(
-    pred_logits: torch.Tensor,
-    pred_boxes: torch.Tensor,
-    targets: Sequence[torch.Tensor],
-    *,
-    cost_obj: float = 2.0,
-    cost_bbox: float = 5.0,
-    cost_giou: float = 2.0,
-    focal_alpha: float = 0.25,
-    focal_gamma: float = 2.0,
-    step: int | None = None,
-    anchors: torch.Tensor | None = None,
-    cost_center: float = 0.0,
-) -> list[MatchIndices]:
-    """Optimal one-to-one assignment of queries to targets, per image, for one decoder layer.
-
-    pred_logits: (B, Q) objectness logits; pred_boxes: (B, Q, 4) cxcywh normalised; targets: B
-    tensors (N_i, 4) cxcywh normalised. Returns B pairs `(pred_idx, tgt_idx)` of int64 CPU tensors
-    of length min(Q, N_i), minimising the summed cost (see `matching_cost`). Use `match_layers`
-    to match several decoder layers with a single device-to-host copy.
-    """
-    return match_layers(
-        [(pred_logits, pred_boxes)],
-        targets,
-        cost_obj=cost_obj,
-        cost_bbox=cost_bbox,
-        cost_giou=cost_giou,
-        focal_alpha=focal_alpha,
-        focal_gamma=focal_gamma,
-        step=step,
-        anchors=anchors,
-        cost_center=cost_center,
-    )[0]
 
 
 def _raise_first_non_finite(cost_host: np.ndarray, sizes: list[int], step: int | None) -> None:

@@ -1,5 +1,8 @@
 """The multi-task loss of BBUModel: teacher/student LM + detection + captions.
 
+Every component is unweighted here; `total_loss` (`bbucli.loss.weights`) applies `LossWeights`
+once, to all of them:
+
     total = teacher_weight * teacher_lm + student_weight * student_lm
           + bbox_l1_weight * l1 + bbox_giou_weight * giou + objectness_weight * objectness
           + caption_weight * caption
@@ -10,19 +13,16 @@ its plain key (DETR's auxiliary losses). The head's token objectness (the top-K 
 more auxiliary stage, `objectness_token`, matched on its tokens' fixed cells (Deformable DETR's
 two-stage encoder loss; its boxes are constants, so only objectness trains there).
 
-Captions: the caption decoder runs on the **matched** queries only (last decoder layer), teacher
-forced on the compact ids of their targets' descs (`CaptionTargets`): token-mean cross entropy per
-box, summed and divided by the same `num_boxes` as the detection terms. The criterion matches
-internally without returning its indices, so the last layer is matched once more for captions
-(the same cost and scipy's deterministic solver give the same pairs).
+Captions: the caption decoder runs on the **matched** queries only (the criterion's matching of the
+last decoder layer, reused: one matching per step), teacher forced on the compact ids of their
+targets' descs (`CaptionTargets`): token-mean cross entropy per box, summed and divided by the same
+`num_boxes` as the detection terms.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,59 +35,11 @@ from bbucli.loss.detection import (
     num_boxes_across_ranks,
 )
 from bbucli.loss.lm import DEFAULT_CHUNK, SEGMENT_STUDENT, SEGMENT_TEACHER, lm_losses
-from bbucli.loss.matcher import hungarian_matcher
+from bbucli.loss.matcher import HungarianMatcher, MatchIndices
+from bbucli.loss.weights import LossWeights, total_loss
 from bbucli.model.anchors import token_cell_boxes
 from bbucli.model.bbu_model import BBUModel, BBUOutput
 from bbucli.model.caption_vocab import PAD, CaptionVocab
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The weight of every loss component (config `loss.*`); 0 switches a term off."""
-
-    teacher_weight: float = 1.0
-    student_weight: float = 1.0
-    bbox_l1_weight: float = 5.0
-    bbox_giou_weight: float = 2.0
-    objectness_weight: float = 2.0
-    caption_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        bad = [
-            f"{f.name}={getattr(self, f.name)}"
-            for f in fields(self)
-            if not (math.isfinite(getattr(self, f.name)) and getattr(self, f.name) >= 0)
-        ]
-        if bad:
-            raise ValueError(f"loss weights must be finite and >= 0: {', '.join(bad)}")
-
-
-# Loss key (without an auxiliary suffix `_<layer>` / `_token`) -> its LossWeights field.
-_WEIGHT_OF = {
-    "teacher_lm": "teacher_weight",
-    "student_lm": "student_weight",
-    "l1": "bbox_l1_weight",
-    "giou": "bbox_giou_weight",
-    "objectness": "objectness_weight",
-    "caption": "caption_weight",
-}
-_AUX_SUFFIX = re.compile(r"_(\d+|token)$")
-
-
-def total_loss(losses: Mapping[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """The weighted sum of unweighted scalar components keyed as `MultiTaskLoss` keys them.
-    Raises KeyError for a key with no weight."""
-    total: torch.Tensor | float = 0.0
-    for key, value in losses.items():
-        base = key if key in _WEIGHT_OF else _AUX_SUFFIX.sub("", key)
-        if base not in _WEIGHT_OF:
-            raise KeyError(f"loss component {key!r} has no weight in LossWeights")
-        weight = getattr(weights, _WEIGHT_OF[base])
-        if weight:
-            total = total + weight * value
-    if not isinstance(total, torch.Tensor):
-        raise ValueError("every loss weight is 0: nothing to train")
-    return total
 
 
 def caption_token_ids(tokenizer: Any, desc: str) -> list[int]:
@@ -139,9 +91,11 @@ class LossBreakdown:
 class MultiTaskLoss:
     """Computes every component of the total loss from a `BBUModel` forward.
 
+    matcher: the Hungarian matcher (costs, spatial prior, focal parameters) of the detection
+    criterion, whose matching the token stage and the captions share (None: the defaults).
     captions: the caption targets builder, needed when the head has a caption decoder and
-    `caption_weight` > 0. Matching costs and focal parameters are passed to `DetectionCriterion`
-    (and to the caption matching). `token_aux`: add the head's token-objectness stage.
+    `caption_weight` > 0. `aux`: detection losses on every decoder layer, not just the last.
+    `token_aux`: add the head's token-objectness stage.
     `token_matches`: with a head that predicts token boxes (`HeadConfig.token_boxes`), the token
     stage also trains boxes (`l1_token`, `giou_token`), matching every target to this many
     tokens (one-to-many, as in H-DETR's hybrid branch: more box supervision per image while the
@@ -155,13 +109,8 @@ class MultiTaskLoss:
         self,
         weights: LossWeights,
         *,
+        matcher: HungarianMatcher | None = None,
         captions: CaptionTargets | None = None,
-        cost_obj: float = 2.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        cost_center: float = 0.0,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
         aux: bool = True,
         token_aux: bool = True,
         lm_chunk_size: int = DEFAULT_CHUNK,
@@ -183,23 +132,7 @@ class MultiTaskLoss:
         self.captions = captions
         self.token_aux = token_aux
         self.lm_chunk_size = lm_chunk_size
-        self.matching = {
-            "cost_obj": cost_obj,
-            "cost_bbox": cost_bbox,
-            "cost_giou": cost_giou,
-            "focal_alpha": focal_alpha,
-            "focal_gamma": focal_gamma,
-        }
-        self.criterion = DetectionCriterion(
-            l1=weights.bbox_l1_weight,
-            giou=weights.bbox_giou_weight,
-            objectness=weights.objectness_weight,
-            caption=weights.caption_weight,
-            aux=aux,
-            cost_center=cost_center,
-            **self.matching,
-        )
-        self.cost_center = cost_center
+        self.criterion = DetectionCriterion(HungarianMatcher() if matcher is None else matcher, aux=aux)
 
     def __call__(
         self,
@@ -259,50 +192,43 @@ class MultiTaskLoss:
             for logits, boxes in zip(head.logits, head.boxes, strict=True)
         ]
         # Every token's cell: where each query and each token-stage proposal comes from.
-        cells = token_cell_boxes(output.grid_hw, head.token_logits.shape[1]) if self.cost_center else None
+        spatial_prior = self.criterion.matcher.cost_center > 0
+        cells = token_cell_boxes(output.grid_hw, head.token_logits.shape[1]) if spatial_prior else None
         query_cells = None
         if cells is not None:
             query_cells = cells.gather(1, head.query_index[..., None].expand(-1, -1, 4))
         det = self.criterion(layers, targets, num_boxes=num_boxes, step=step, anchors=query_cells)
-        losses = {k: v for k, v in det.items() if k != "total"}
+        losses = dict(det.losses)
         if self.token_aux:
             stage = LayerOutput(head.token_logits, head.token_boxes)
             if model.head.token_box_head is not None:
                 k = self.token_matches
                 many = [DetTargets(t.boxes.repeat(k, 1)) for t in targets]
                 token = self.criterion([stage], many, num_boxes=num_boxes * k, step=step, anchors=cells)
-                losses.update({f"{key}_token": token[key] for key in ("l1", "giou", "objectness")})
+                losses.update({f"{key}_token": token.losses[key] for key in ("l1", "giou", "objectness")})
             else:
                 token = self.criterion([stage], targets, num_boxes=num_boxes, step=step, anchors=cells)
-                losses["objectness_token"] = token["objectness"]
+                losses["objectness_token"] = token.losses["objectness"]
         if (
             self.weights.caption_weight > 0
             and model.head.caption_decoder is not None
             and self.captions is not None
         ):
             descs = [batch["gt_descs"][i] for i in output.head_samples.tolist()]
-            losses["caption"] = self._caption(
-                model, output, targets, descs, num_boxes, step, query_cells
-            )
+            losses["caption"] = self._caption(model, output, det.indices[-1], descs, num_boxes)
         return losses
 
     def _caption(
         self,
         model: BBUModel,
         output: BBUOutput,
-        targets: list[DetTargets],
+        indices: list[MatchIndices],
         descs: list[Sequence[str]],
         num_boxes: float,
-        step: int | None,
-        query_cells: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Token-mean caption cross entropy of the matched queries, summed / num_boxes. The
-        matching is the criterion's for the last layer (same costs, same spatial prior)."""
+        """Token-mean caption cross entropy of the matched queries, summed / num_boxes.
+        indices: the criterion's matching of the last decoder layer, per image."""
         head = output.head
-        indices = hungarian_matcher(
-            head.pred_logits, head.pred_boxes, [t.boxes for t in targets], step=step,
-            anchors=query_cells, cost_center=self.cost_center, **self.matching,
-        )  # fmt: skip
         device = head.hidden.device
         batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
         query_idx = torch.cat([q for q, _ in indices])

@@ -9,7 +9,7 @@ What the head reads, per sample that has at least one image:
   encodes every image on its own, so a teacher's pixels or another packed sample never reach the
   student's tokens.
 - language memory: hidden states (layer `text_layer`) of the student's user turn, from its
-  `<|im_start|>` (the last one before the student image) up to `prompt_end`, that is
+  `<|im_start|>` (`student_turn_start`) up to `prompt_end`, that is
   `<|im_start|>user\\n<|vision_start|>`, `<|vision_end|>`, the instruction, `<|im_end|>\\n` and the
   generation header `<|im_start|>assistant\\n`. The student's `<|image_pad|>` positions are left
   out: the vision memory already holds that image, with box positions the prompt tokens lack. Every
@@ -19,9 +19,11 @@ What the head reads, per sample that has at least one image:
   layer, registered for the forward only (so activation checkpointing's recomputation in backward
   does not fire it), which keeps one (R, S, D) tensor instead of `output_hidden_states`' all.
 
-The student image and the turn are found from the batch alone: runs of `<|image_pad|>` in
-`input_ids` are the images in `image_grid_thw` order; a sample is a row (padded batch) or a
-`cu_seqlens` span (packed row).
+Where the student image and turn lie is the ChatProcessor's knowledge, carried by the collators
+(moved with each sample by padding or packing): `student_turn_start`, `student_image_span`
+([start, end) of its `<|image_pad|>` run), `prompt_end`, and `student_image` (its index in
+`image_grid_thw`, -1 for a sample without images, which the head skips). They index a sample's
+padded row, or the packed row; the model turns them into positions without searching the tokens.
 
 Packed rows follow the collator's form (`position_ids` (4, 1, L), no `attention_mask`, no cache);
 under flash-attention-2 the row's `cu_seqlens` also go to the attention as varlen boundaries.
@@ -45,9 +47,6 @@ from bbucli.errors import ConfigError
 from bbucli.model.caption_vocab import CaptionVocab
 from bbucli.model.head import DetectionHead, HeadConfig, HeadOutput
 from bbucli.model.pixel_stem import student_pixels
-
-#: `<|im_start|>` of the Qwen2.5 vocabulary (the config does not carry it).
-IM_START_ID = 151644
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,8 @@ class BBUOutput:
 #: Where the head's vision memory comes from: the merger's tokens, or the language model's hidden
 #: states (layer `text_layer`, like the language memory) at the student image's token positions.
 VISION_SOURCES = ("merger", "llm")
+#: The collator keys that place each sample's student turn and image (see the module docstring).
+SPAN_KEYS = ("prompt_end", "student_turn_start", "student_image_span", "student_image")
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,6 @@ class BBUModel(nn.Module):
         caption_vocab: CaptionVocab | None = None,
         text_layer: int = -1,
         vision_source: str = "merger",
-        im_start_id: int = IM_START_ID,
     ) -> None:
         super().__init__()
         text_config = qwen.config.text_config
@@ -146,8 +146,6 @@ class BBUModel(nn.Module):
         self.text_layer = resolved
         self.vision_source = vision_source
         self.num_layers = num_layers
-        self.image_token_id = int(qwen.config.image_token_id)
-        self.im_start_id = int(im_start_id)
         vision_config = qwen.config.vision_config
         self.merge_size = int(vision_config.spatial_merge_size)
         self.patch_size = int(vision_config.patch_size)
@@ -171,9 +169,12 @@ class BBUModel(nn.Module):
             **head,
         )
         return cls(
-            qwen, config, caption_vocab=caption_vocab, text_layer=text_layer,
+            qwen,
+            config,
+            caption_vocab=caption_vocab,
+            text_layer=text_layer,
             vision_source=vision_source,
-        )  # fmt: skip
+        )
 
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
         """Activation checkpointing of the Qwen part (the head is small); keywords as transformers'
@@ -229,13 +230,15 @@ class BBUModel(nn.Module):
         pixels = pixel_hw = None
         if self.head.pixel_stem is not None:
             pixels, pixel_hw = student_pixels(
-                pixel_values, grid_thw, layout.images, patch_size=self.patch_size,
-                merge_size=self.merge_size, temporal_patch_size=self.temporal_patch_size,
-            )  # fmt: skip
-        head_out = self.head(
-            vision_memory, vision_mask, grid_hw, text_memory, text_mask,
-            pixels=pixels, pixel_hw=pixel_hw,
-        )  # fmt: skip
+                pixel_values,
+                grid_thw,
+                layout.images,
+                patch_size=self.patch_size,
+                merge_size=self.merge_size,
+                temporal_patch_size=self.temporal_patch_size,
+            )
+        memory = (vision_memory, vision_mask, grid_hw, text_memory, text_mask)
+        head_out = self.head(*memory, pixels=pixels, pixel_hw=pixel_hw)
         return BBUOutput(
             hidden_states=hidden,
             head=head_out,
@@ -287,66 +290,36 @@ class BBUModel(nn.Module):
         }
 
     def _layout(self, batch: Mapping[str, Any], packed: bool) -> _StudentLayout:
-        """Find every sample's student image and user turn from the batch (host-side, one copy of
-        input_ids). Raises ValueError when image-token runs and `image_grid_thw` disagree."""
-        ids = batch["input_ids"].detach().cpu()
-        rows, width = ids.shape
-        prompt_end = torch.as_tensor(batch["prompt_end"]).cpu().long()
+        """Every head sample's memory positions from the collator's student spans (host-side index
+        arithmetic). Raises ValueError when the spans do not fit the batch's image grids."""
+        rows, width = batch["input_ids"].shape
+        spans = {key: torch.as_tensor(batch[key]).cpu().long() for key in SPAN_KEYS}
+        if not packed and len(spans["prompt_end"]) != rows:
+            raise ValueError(f"{len(spans['prompt_end'])} prompt_end values for {rows} rows")
+        # Row-relative indices (padded) -> positions in the flattened (R * S) batch.
+        row_start = torch.zeros_like(spans["prompt_end"]) if packed else torch.arange(rows) * width
+        turn = spans["student_turn_start"] + row_start
+        image = spans["student_image_span"] + row_start[:, None]
+        end = spans["prompt_end"] + row_start
+        samples = torch.nonzero(spans["student_image"] >= 0).flatten()
+        images = spans["student_image"][samples]
+
         grid = batch.get("image_grid_thw")
         grid = torch.zeros(0, 3, dtype=torch.long) if grid is None else grid.detach().cpu().long()
-        flat = ids.reshape(-1)
-
-        is_pad = (flat == self.image_token_id).to(torch.int8)
-        edges = torch.diff(is_pad, prepend=is_pad.new_zeros(1), append=is_pad.new_zeros(1))
-        starts = torch.nonzero(edges == 1).flatten()
-        ends = torch.nonzero(edges == -1).flatten()
-        need = grid.prod(-1) // self.merge_size**2 if len(grid) else grid.new_zeros(0)
-        if len(starts) != len(grid) or not torch.equal(ends - starts, need):
+        lengths = image[samples, 1] - image[samples, 0]
+        need = grid[images].prod(-1) // self.merge_size**2
+        if not torch.equal(lengths, need) or bool((grid[images, 0] != 1).any()):
             raise ValueError(
-                f"the batch has image-token runs of {(ends - starts).tolist()} tokens but "
-                f"image_grid_thw needs {need.tolist()}: input_ids and images do not belong together"
+                f"the student image-token runs of {lengths.tolist()} tokens do not fit the still "
+                f"images image_grid_thw gives them ({grid[images].tolist()}): input_ids and images "
+                "do not belong together"
             )
-        if len(grid) and bool((grid[:, 0] != 1).any()):
-            raise ValueError("BBUModel reads still images only (temporal grid 1)")
-
-        if packed:
-            cu = torch.as_tensor(batch["cu_seqlens"]).cpu().long()
-            sample_start = cu[:-1]
-            run_sample = torch.searchsorted(cu[1:], starts, right=True)
-            end_flat = prompt_end
-        else:
-            if rows != len(prompt_end):
-                raise ValueError(f"{len(prompt_end)} prompt_end values for {rows} rows")
-            sample_start = torch.arange(rows) * width
-            run_sample = starts // width
-            end_flat = sample_start + prompt_end
-        im_starts = torch.nonzero(flat == self.im_start_id).flatten()
-
-        samples: list[int] = []
-        images: list[int] = []
-        text_index: list[torch.Tensor] = []
-        image_index: list[torch.Tensor] = []
-        for b in range(len(sample_start)):
-            own = torch.nonzero(run_sample == b).flatten()
-            if len(own) == 0:
-                continue  # a text-only sample: nothing to detect
-            k = int(own[-1])
-            run_start, run_end = int(starts[k]), int(ends[k])
-            stop, first = int(end_flat[b]), int(sample_start[b])
-            before = im_starts[(im_starts >= first) & (im_starts < run_start)]
-            if run_end > stop or len(before) == 0:
-                raise ValueError(
-                    f"sample {b}: its last image (tokens {run_start}-{run_end}) is not inside a "
-                    f"user turn ending before prompt_end {stop}"
-                )
-            turn = int(before[-1])
-            text_index.append(
-                torch.cat((torch.arange(turn, run_start), torch.arange(run_end, stop)))
-            )
-            image_index.append(torch.arange(run_start, run_end))
-            samples.append(b)
-            images.append(k)
-        return _StudentLayout(samples, images, text_index, image_index)
+        text_index = [
+            torch.cat((torch.arange(turn[b], image[b, 0]), torch.arange(image[b, 1], end[b])))
+            for b in samples.tolist()
+        ]
+        image_index = [torch.arange(image[b, 0], image[b, 1]) for b in samples.tolist()]
+        return _StudentLayout(samples.tolist(), images.tolist(), text_index, image_index)
 
 
 def _length_mask(lengths: list[int], device: torch.device) -> torch.Tensor:

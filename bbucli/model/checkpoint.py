@@ -5,7 +5,9 @@
                           generation_config.json): loads in plain transformers
       processor/          tokenizer, preprocessor_config.json (pixel limits), chat_template.json
       head.safetensors    the detection head's state dict (names relative to `DetectionHead`)
-      bbu.json            format, versions, head config, text_layer, caption vocabulary, prompts, extra
+      bbu.json            format, versions, head config, text_layer, caption vocabulary, prompts,
+                          trained_with (`TrainedWith`: the training config's facts inference needs),
+                          extra
       config.yaml         the resolved training config (when given)
       taxonomy.yaml       the taxonomy the data was converted with (when given)
 
@@ -47,6 +49,7 @@ from bbucli.model.checkpoint_layout import (
     parse_config,
     read_meta,
 )
+from bbucli.model.trained_with import TrainedWith
 
 if TYPE_CHECKING:
     import torch
@@ -55,11 +58,14 @@ if TYPE_CHECKING:
     from bbucli.chat.prompts import Prompts
     from bbucli.model.bbu_model import BBUModel
 
+
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
     """A loaded checkpoint. model: `BBUModel` in eval mode (head in fp32, Qwen in the dtype asked
     for); processor: its `VLProcessor`; config_yaml / taxonomy_yaml: the saved texts or None;
-    meta: the decoded bbu.json; path: the folder."""
+    meta: the decoded bbu.json; path: the folder. config: config.yaml as a mapping ({} without
+    one); trained_with: bbu.json's typed record, or for a checkpoint written before it, the one
+    read from config.yaml's `data` section."""
 
     model: BBUModel
     processor: VLProcessor
@@ -68,9 +74,14 @@ class Checkpoint:
     meta: Mapping[str, Any]
     path: Path
     config: Mapping[str, Any] = field(init=False, repr=False)
+    trained_with: TrainedWith = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "config", parse_config(self.config_yaml, self.path))
+        config = parse_config(self.config_yaml, self.path)
+        saved = self.meta.get("trained_with")
+        record = saved if isinstance(saved, Mapping) else config.get("data")
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "trained_with", TrainedWith.from_mapping(record))
 
     @property
     def extra(self) -> Mapping[str, Any]:
@@ -79,36 +90,40 @@ class Checkpoint:
     @property
     def max_tokens(self) -> int | None:
         """The training token budget per episode (config `data.max_tokens`), None without one."""
-        value = (self.config.get("data") or {}).get("max_tokens")
-        return value if isinstance(value, int) and value > 0 else None
+        return self.trained_with.max_tokens
 
     def prompts(self) -> Prompts:
         """The system prompt and instruction the model was trained with.
 
         bbu.json `prompts` when the trainer saved them (exact); otherwise rebuilt like training
         builds them: the classes of the checkpoint's taxonomy.yaml (else the config's
-        `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang` (default zh)."""
+        `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang`; what the config
+        does not state takes `build_prompts`'s default."""
         from bbucli.chat.prompts import Prompts, build_prompts
 
         saved = self.meta.get("prompts")
         if isinstance(saved, Mapping):
             return Prompts(system=str(saved["system"]), instruction=str(saved["instruction"]))
-        data = self.config.get("data") or {}
-        return build_prompts(
-            self.class_descs(), data.get("lang", "zh"), list_classes=bool(data.get("prompt_classes", True))
-        )
+        facts = self.trained_with
+        stated: dict[str, Any] = {}
+        if facts.lang is not None:
+            stated["lang"] = facts.lang
+        if facts.prompt_classes is not None:
+            stated["list_classes"] = facts.prompt_classes
+        return build_prompts(self.class_descs(), **stated)
 
     def class_descs(self) -> list[str]:
         """The class descs the model was trained on: those of the checkpoint's taxonomy.yaml (else
         the config's `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang`."""
         from bbucli.taxonomy import Taxonomy
 
-        data = self.config.get("data") or {}
-        taxonomy_file = self.path / TAXONOMY_FILE
+        facts = self.trained_with
+        taxonomy_file: Path | None = self.path / TAXONOMY_FILE
         if not taxonomy_file.is_file():
-            configured = data.get("taxonomy")
-            taxonomy_file = Path(configured) if configured and Path(configured).is_file() else None
-        return list(Taxonomy.load(taxonomy_file).descs(data.get("lang", "zh")))
+            configured = facts.taxonomy
+            taxonomy_file = configured if configured is not None and configured.is_file() else None
+        taxonomy = Taxonomy.load(taxonomy_file)
+        return list(taxonomy.descs(facts.lang) if facts.lang is not None else taxonomy.descs())
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -126,15 +141,20 @@ def save_checkpoint(
     taxonomy_yaml: str | None = None,
     extra: Mapping[str, Any] | None = None,
     prompts: Prompts | None = None,
+    trained_with: TrainedWith | None = None,
 ) -> Path:
     """Write `model` and `processor` as a checkpoint folder at `out_dir` (atomically, see the module
     doc) and return its path. extra: JSON-serialisable values kept in bbu.json (step, metrics, ...);
-    prompts: the system prompt and instruction of training, so inference needs no rebuild.
+    prompts: the system prompt and instruction of training, so inference needs no rebuild;
+    trained_with: the training config's facts inference reads back (`Checkpoint.trained_with`).
     Raises ModelError when `extra` is not JSON-serialisable or the folder cannot be written."""
     from bbucli import __version__
 
     out = Path(out_dir)
     vocab = model.caption_vocab
+    saved_prompts = None
+    if prompts is not None:
+        saved_prompts = {"system": prompts.system, "instruction": prompts.instruction}
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -142,17 +162,19 @@ def save_checkpoint(
         "head_config": asdict(model.head.config),
         "text_layer": int(model.text_layer),
         "vision_source": model.vision_source,
-        "im_start_id": int(model.im_start_id),
         "caption_vocab": vocab.to_dict() if vocab is not None else None,
-        "prompts": None if prompts is None else {"system": prompts.system, "instruction": prompts.instruction},
+        "prompts": saved_prompts,
+        "trained_with": None if trained_with is None else trained_with.to_dict(),
         "qwen_dtype": str(next(model.qwen.parameters()).dtype).removeprefix("torch."),
         "files": {
-            "qwen": QWEN_DIR, "processor": PROCESSOR_DIR, "head": HEAD_FILE,
+            "qwen": QWEN_DIR,
+            "processor": PROCESSOR_DIR,
+            "head": HEAD_FILE,
             "config": CONFIG_FILE if config_yaml is not None else None,
             "taxonomy": TAXONOMY_FILE if taxonomy_yaml is not None else None,
         },
         "extra": dict(extra or {}),
-    }  # fmt: skip
+    }
     try:
         meta_text = json.dumps(meta, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
@@ -236,9 +258,13 @@ def load_checkpoint(
         except ModelError as exc:
             raise ModelError(f"checkpoint {folder}: {exc.message}", hint=hint) from exc
     processor = load_processor(folder / PROCESSOR_DIR)
-    kwargs = {"im_start_id": int(meta["im_start_id"])} if "im_start_id" in meta else {}
-    model = BBUModel(qwen, head_config, caption_vocab=vocab, text_layer=text_layer,
-                     vision_source=vision_source, **kwargs)
+    model = BBUModel(
+        qwen,
+        head_config,
+        caption_vocab=vocab,
+        text_layer=text_layer,
+        vision_source=vision_source,
+    )
     model.head.load_state_dict({k: v.float() for k, v in state.items()})
     model.head.float()
     if device is not None:

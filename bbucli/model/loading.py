@@ -68,33 +68,68 @@ _SPECIAL_IDS: dict[str, int] = {
 
 # config.json of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct as published (flat layout of 4.x).
 _VISION_3B_7B: dict[str, Any] = {
-    "depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-    "in_chans": 3, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
-    "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2,
-}  # fmt: skip
+    "depth": 32,
+    "hidden_act": "silu",
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_chans": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "spatial_patch_size": 14,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
+    "temporal_patch_size": 2,
+}
 _COMMON_3B_7B: dict[str, Any] = {
-    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-    "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652,
-    "vision_end_token_id": 151653, "vision_token_id": 151654, "image_token_id": 151655,
-    "video_token_id": 151656, "hidden_act": "silu", "initializer_range": 0.02,
-    "max_position_embeddings": 128000, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "sliding_window": 32768, "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False,
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "model_type": "qwen2_5_vl",
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "initializer_range": 0.02,
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
     "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-}  # fmt: skip
+}
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
     "3b": {
-        **_COMMON_3B_7B, "hidden_size": 2048, "intermediate_size": 11008, "max_window_layers": 70,
-        "num_attention_heads": 16, "num_hidden_layers": 36, "num_key_value_heads": 2,
-        "tie_word_embeddings": True, "vocab_size": 151936,
+        **_COMMON_3B_7B,
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "max_window_layers": 70,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 36,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+        "vocab_size": 151936,
         "vision_config": {**_VISION_3B_7B, "out_hidden_size": 2048},
     },
     "7b": {
-        **_COMMON_3B_7B, "hidden_size": 3584, "intermediate_size": 18944, "max_window_layers": 28,
-        "num_attention_heads": 28, "num_hidden_layers": 28, "num_key_value_heads": 4,
-        "tie_word_embeddings": False, "vocab_size": 152064,
+        **_COMMON_3B_7B,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "max_window_layers": 28,
+        "num_attention_heads": 28,
+        "num_hidden_layers": 28,
+        "num_key_value_heads": 4,
+        "tie_word_embeddings": False,
+        "vocab_size": 152064,
         "vision_config": {**_VISION_3B_7B, "out_hidden_size": 3584},
     },
-}  # fmt: skip
+}
 
 
 def tiny_config(**overrides: Any) -> Qwen2_5_VLConfig:
@@ -200,8 +235,14 @@ def _resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None)
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}  # fmt: skip
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype not in names:
         raise ModelError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(names)}")
     return names[dtype]

@@ -97,9 +97,14 @@ def build_param_groups(
         for suffix, params, wd in (("", decay, weight_decay), (".no_decay", no_decay, 0.0)):
             if params:
                 out.append(
-                    {"name": group + suffix, "group": group, "lr": lr, "weight_decay": wd,
-                     "params": params}
-                )  # fmt: skip
+                    {
+                        "name": group + suffix,
+                        "group": group,
+                        "lr": lr,
+                        "weight_decay": wd,
+                        "params": params,
+                    }
+                )
     return out
 
 

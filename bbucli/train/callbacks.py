@@ -62,10 +62,17 @@ class ProgressReporter(TrainerCallback):
     def _emit(self, kind: str, state, logs=None, path=None) -> None:  # noqa: ANN001
         if not state.is_world_process_zero:
             return
-        self.progress(TrainProgress(
-            kind=kind, step=state.global_step, max_steps=state.max_steps, epoch=state.epoch or 0.0,
-            elapsed_s=time.perf_counter() - self.started, logs=dict(logs or self.last_logs), path=path,
-        ))  # fmt: skip
+        self.progress(
+            TrainProgress(
+                kind=kind,
+                step=state.global_step,
+                max_steps=state.max_steps,
+                epoch=state.epoch or 0.0,
+                elapsed_s=time.perf_counter() - self.started,
+                logs=dict(logs or self.last_logs),
+                path=path,
+            )
+        )
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
         self.started = time.perf_counter()

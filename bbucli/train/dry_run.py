@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbucli.train.config.loading import BbuConfig
 from bbucli.data.dataset import DatasetStats
+from bbucli.train.config.loading import BbuConfig
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,15 @@ def dry_run_batch(
         memory["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(device) / 2**30
     rows = []
     for group, members in group_parameters(model.named_parameters()).items():
-        rows.append(GroupRow(
-            group=group, lr=float(getattr(cfg.optim.lrs, group)), tensors=len(members),
-            params=sum(p.numel() for _, p in members),
-            trainable=sum(p.numel() for _, p in members if p.requires_grad),
-        ))  # fmt: skip
+        rows.append(
+            GroupRow(
+                group=group,
+                lr=float(getattr(cfg.optim.lrs, group)),
+                tensors=len(members),
+                params=sum(p.numel() for _, p in members),
+                trainable=sum(p.numel() for _, p in members if p.requires_grad),
+            )
+        )
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
     tokens = int(ids.numel() if mask is None else mask.sum())

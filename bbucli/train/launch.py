@@ -12,8 +12,9 @@ On a machine without GPUs the N processes run on the CPU (gloo).
 
 Running a launcher directly works too: `torchrun --nproc_per_node 2 -m bbucli train cfg.yaml` and
 `deepspeed --num_gpus 2 --module bbucli train cfg.yaml`. The DeepSpeed launcher appends
-`--local_rank=N` right after the module name, before `train`; `strip_local_rank` takes it out of
-argv (the rank is in the `LOCAL_RANK` environment variable anyway).
+`--local_rank=N` right after the module name, before `train`: `bbu` accepts it there and ignores
+it (the rank is in the `LOCAL_RANK` environment variable anyway); `strip_local_rank` takes it out
+of an argv for code that reads argv itself.
 
 A DeepSpeed run in one process without a launcher still needs a process group:
 `single_process_env` gives the variables a launcher would have set.
@@ -98,8 +99,10 @@ def launch_command(
     if nnodes < 1:
         raise UsageError(f"--nnodes must be >= 1, got {nnodes}")
     if hostfile is not None and not Path(hostfile).is_file():
-        raise UsageError(f"hostfile {hostfile} does not exist",
-                         hint="one line per node: `hostname slots=N` (the DeepSpeed hostfile format)")  # fmt: skip
+        raise UsageError(
+            f"hostfile {hostfile} does not exist",
+            hint="one line per node: `hostname slots=N` (the DeepSpeed hostfile format)",
+        )
     chosen = launcher
     if chosen == "auto":
         chosen = "deepspeed" if use_deepspeed or hostfile is not None else "torchrun"
@@ -119,11 +122,24 @@ def launch_command(
                 hint="list the nodes in a hostfile (`host slots=N` per line), or use torchrun",
             )
         # --no_local_rank: the rank is in LOCAL_RANK; as an argument it would land before `train`.
-        argv += ["--master_port", str(master_port or free_port()), "--no_local_rank", "--module",
-                 *script[1:]]  # fmt: skip
+        argv += [
+            "--master_port",
+            str(master_port or free_port()),
+            "--no_local_rank",
+            "--module",
+            *script[1:],
+        ]
     else:
-        argv = [sys.executable, "-u", "-m", "torch.distributed.run", "--nproc_per_node", str(gpus),
-                "--nnodes", str(nnodes)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-u",
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(gpus),
+            "--nnodes",
+            str(nnodes),
+        ]
         if nnodes > 1:
             missing = [n for n in ("MASTER_ADDR", "NODE_RANK") if n not in environ]
             if missing:
@@ -132,8 +148,14 @@ def launch_command(
                     hint="run the same command on every node with MASTER_ADDR=<node 0> NODE_RANK=<0..N-1>",
                 )
             port = environ.get("MASTER_PORT", str(master_port or 29500))
-            argv += ["--node_rank", environ["NODE_RANK"], "--rdzv_backend", "c10d",
-                     "--rdzv_endpoint", f"{environ['MASTER_ADDR']}:{port}"]  # fmt: skip
+            argv += [
+                "--node_rank",
+                environ["NODE_RANK"],
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                f"{environ['MASTER_ADDR']}:{port}",
+            ]
         else:
             argv += ["--master_addr", "127.0.0.1", "--master_port", str(master_port or free_port())]
         argv += script
@@ -149,9 +171,12 @@ def single_process_env(environ: Mapping[str, str]) -> dict[str, str]:
     if is_launched(environ):
         return {}
     wanted = {
-        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": environ.get("MASTER_PORT") or str(free_port()),
-    }  # fmt: skip
+    }
     return {k: v for k, v in wanted.items() if k not in environ}
 
 

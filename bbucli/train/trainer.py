@@ -36,10 +36,11 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer
 
+from bbucli.data.dataset import EpisodeDataset, EpochBatches, EpochDataLoader
 from bbucli.errors import BbuError, ConfigError
 from bbucli.loss.matcher import MatchingError
-from bbucli.model.bbu_model import BBUModel
 from bbucli.loss.multitask import LossBreakdown, MultiTaskLoss
+from bbucli.model.bbu_model import BBUModel
 from bbucli.model.param_groups import build_param_groups
 from bbucli.train.callbacks import MetricsFile, ProgressReporter, TrainProgress
 from bbucli.train.checkpoint_dirs import (
@@ -48,7 +49,6 @@ from bbucli.train.checkpoint_dirs import (
     TRAINER_STATE,
     latest_checkpoint,
 )
-from bbucli.data.dataset import EpisodeDataset, EpochBatches, EpochDataLoader
 
 # Also the public names of the callbacks and checkpoint folders, which callers import from here.
 __all__ = [

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bbucli.chat.loading import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, VLProcessor, load_processor
+from bbucli.chat.loading import VLProcessor, load_processor
 from bbucli.chat.tokenizer import ADDED_TOKENS, FIRST_ADDED_ID, QWEN2_5_VL_CHAT_TEMPLATE
 from bbucli.errors import ConfigError, ModelError
+from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 MESSAGES = [
     {"role": "system", "content": "Find every screw."},
@@ -129,19 +130,31 @@ def real_tokenizer_config() -> dict:
     """Qwen/Qwen2.5-VL-7B-Instruct's tokenizer_config.json (written by transformers 4.x)."""
     added = {
         str(FIRST_ADDED_ID + i): {
-            "content": token, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": i < 14,
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": i < 14,
         }
         for i, token in enumerate(ADDED_TOKENS)
-    }  # fmt: skip
+    }
     return {
-        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
-        "additional_special_tokens": list(ADDED_TOKENS[1:14]), "bos_token": None,
-        "chat_template": QWEN2_5_VL_CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>", "errors": "replace", "model_max_length": 131072,
-        "pad_token": "<|endoftext|>", "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
-    }  # fmt: skip
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": list(ADDED_TOKENS[1:14]),
+        "bos_token": None,
+        "chat_template": QWEN2_5_VL_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
 
 
 def test_checkpoint_layout_keeps_its_own_limits_unless_overridden(processor, tmp_path):

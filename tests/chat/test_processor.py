@@ -209,3 +209,22 @@ def test_prompt_text_and_empty_answer(processor, root) -> None:
     assert all(c in text for c in CLASSES)
     assert processor.tokenizer.decode(out.input_ids[out.segment == 2]) == "[]<|im_end|>"
     assert out.gt_boxes.shape == (0, 4) and out.gt_descs == ()
+
+
+def test_student_spans_point_at_the_student_turn_and_image(processor, root) -> None:
+    out = chat(processor).process_sample(EPISODE, root)
+    runs = image_token_runs(out.input_ids, processor.image_token_id)
+    start, end = out.student_image_span
+    assert (start, end) == runs[-1]  # exactly the last image's pad run: the student's
+    assert end - start == int(out.image_grid_thw[-1].prod()) // 4
+    turn = out.student_turn_start
+    assert out.input_ids[turn] == processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    # The turn is the student's user turn: after the last teacher answer, holding only its image.
+    assert turn > int(torch.nonzero(out.segment == 1)[-1]) and turn < start < end < out.prompt_end
+    text = processor.tokenizer.decode(
+        torch.cat((out.input_ids[turn:start], out.input_ids[end : out.prompt_end]))
+    )
+    assert text == (
+        f"<|im_start|>user\n<|vision_start|><|vision_end|>{chat(processor).instruction}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )

@@ -14,8 +14,13 @@ from bbucli.convert.pipeline import ConvertOptions, convert_dataset
 
 RAW = Path(__file__).resolve().parents[2] / "examples" / "raw"
 #: Five raw photos (one EXIF-rotated), enough for a teacher pool and a val split of two.
-STEMS = ("QC-20230221-0002857_21408", "QC-20230223-0002865_21610", "QC-20230221-0002864_21461",
-         "QC-20230221-0002864_21508", "QC-20230224-0002895_21881")  # fmt: skip
+STEMS = (
+    "QC-20230221-0002857_21408",
+    "QC-20230223-0002865_21610",
+    "QC-20230221-0002864_21461",
+    "QC-20230221-0002864_21508",
+    "QC-20230224-0002895_21881",
+)
 
 runner = CliRunner()
 A = "screw/bbu_install_screw/correct"
@@ -113,10 +118,10 @@ def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
 
     from bbucli.chat.loading import load_processor
     from bbucli.chat.prompts import Prompts
+    from bbucli.loss.multitask import build_caption_vocab
     from bbucli.model.bbu_model import BBUModel
     from bbucli.model.checkpoint import save_checkpoint
     from bbucli.model.loading import load_model
-    from bbucli.loss.multitask import build_caption_vocab
 
     raw = tmp_path_factory.mktemp("raw")
     for stem in STEMS:
@@ -143,8 +148,16 @@ def test_checkpoint_both_sources_on_the_configured_val_split(checkpoint):
     assert images == 2
     for source in ("head", "lm"):
         folder = ckpt / "eval" / source
-        for name in ("metrics.json", "predictions.jsonl", "results_coco.json", "gt_coco.json", "per_class.csv",
-                     "confusion.csv", "pr_curve.png", "inference.json"):  # fmt: skip
+        for name in (
+            "metrics.json",
+            "predictions.jsonl",
+            "results_coco.json",
+            "gt_coco.json",
+            "per_class.csv",
+            "confusion.csv",
+            "pr_curve.png",
+            "inference.json",
+        ):
             assert (folder / name).is_file(), (source, name)
         assert len(list((folder / "overlays").glob("01_*.png"))) == 1
         metrics = json.loads((folder / "metrics.json").read_text())

@@ -51,7 +51,7 @@ def test_summary(data):
     assert result.exit_code == 0, result.output
     for text in ("9: 9 inspected", "tokens/episode", "token split", "vision", "answer",
                  "over max_tokens 4096", "standard B=4, file order", "length-sorted",
-                 "packed, 8192 tokens/bin", "objects per class", "BBU品牌/华为", "episodes/s"):  # fmt: skip
+                 "packed, 8192 tokens/bin", "objects per class", "BBU品牌/华为", "episodes/s"):
         assert text in result.output, text
     assert "problem" not in result.output
 

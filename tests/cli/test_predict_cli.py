@@ -16,10 +16,10 @@ from bbucli.chat.prompts import Prompts
 from bbucli.cli.app import app
 from bbucli.evaluation import read_ground_truth
 from bbucli.evaluation.predictions import parse_predictions_jsonl
+from bbucli.loss.multitask import build_caption_vocab
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.checkpoint import save_checkpoint
 from bbucli.model.loading import load_model
-from bbucli.loss.multitask import build_caption_vocab
 
 runner = CliRunner()
 RAW = Path(__file__).resolve().parents[2] / "examples" / "raw"

@@ -26,8 +26,11 @@ def tiny(tmp_path_factory) -> list[str]:
     synthetic data (one object per image) with a tiny detection head and a fresh output folder."""
     root = tmp_path_factory.mktemp("train_cli")
     generate_raw_set(root / "raw", 4, size=(448, 616), exif_rotated_every=0)
-    convert_dataset(root / "raw", root / "data" / "bbu.jsonl",
-                    ConvertOptions(val_ratio=0.5, pool=1, max_pixels=MAX_PIXELS))  # fmt: skip
+    convert_dataset(
+        root / "raw",
+        root / "data" / "bbu.jsonl",
+        ConvertOptions(val_ratio=0.5, pool=1, max_pixels=MAX_PIXELS),
+    )
     for name in ("bbu.jsonl", "bbu.val.jsonl", "bbu.teachers.jsonl"):
         path = root / "data" / name
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -37,17 +40,35 @@ def tiny(tmp_path_factory) -> list[str]:
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     data = root / "data"
     return [
-        str(TINY), f"data.train={data / 'bbu.jsonl'}", f"data.val={data / 'bbu.val.jsonl'}",
-        f"data.teachers={data / 'bbu.teachers.jsonl'}", f"train.output_dir={root / 'out'}",
-        f"model.max_pixels={MAX_PIXELS}", "data.max_tokens=1024", "data.max_tokens_per_batch=2048",
-        "detection.width=32", "detection.layers=1", "detection.heads=2", "detection.ffn=64",
-        "detection.max_queries=64", "detection.caption_max_len=16",
-    ]  # fmt: skip
+        str(TINY),
+        f"data.train={data / 'bbu.jsonl'}",
+        f"data.val={data / 'bbu.val.jsonl'}",
+        f"data.teachers={data / 'bbu.teachers.jsonl'}",
+        f"train.output_dir={root / 'out'}",
+        f"model.max_pixels={MAX_PIXELS}",
+        "data.max_tokens=1024",
+        "data.max_tokens_per_batch=2048",
+        "detection.width=32",
+        "detection.layers=1",
+        "detection.heads=2",
+        "detection.ffn=64",
+        "detection.max_queries=64",
+        "detection.caption_max_len=16",
+    ]
 
 
 def test_print_config_applies_overrides_and_writes_nothing(tiny):
-    result = runner.invoke(app, ["train", *tiny, "train.max_steps=7", "optim.lrs.llm=2e-5",
-                                 "data.packing=false", "--print-config"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            *tiny,
+            "train.max_steps=7",
+            "optim.lrs.llm=2e-5",
+            "data.packing=false",
+            "--print-config",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("# bbu ")
     printed = yaml.safe_load(result.output)
@@ -59,8 +80,17 @@ def test_print_config_applies_overrides_and_writes_nothing(tiny):
 
 
 def test_config_errors_exit_2_with_every_problem(tiny):
-    result = runner.invoke(app, ["train", *tiny, "train.max_stepz=3", "optim.lrs.llm=fast",
-                                 "data.val=nowhere.jsonl", "train.bf16=true"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            *tiny,
+            "train.max_stepz=3",
+            "optim.lrs.llm=fast",
+            "data.val=nowhere.jsonl",
+            "train.bf16=true",
+        ],
+    )
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert lines[0] == f"error: invalid config {TINY} (4 problems):"
@@ -94,8 +124,16 @@ def test_dry_run_prints_shapes_groups_and_memory(tiny):
     result = runner.invoke(app, ["train", *tiny, "optim.lrs.vision=0", "--dry-run"])
     assert result.exit_code == 0, result.output
     text = result.output
-    for expected in ("batch.input_ids", "batch.pixel_values", "output.head.logits", "parameter groups",
-                     "frozen", "peak rss", "nothing written", "student_lm"):  # fmt: skip
+    for expected in (
+        "batch.input_ids",
+        "batch.pixel_values",
+        "output.head.logits",
+        "parameter groups",
+        "frozen",
+        "peak rss",
+        "nothing written",
+        "student_lm",
+    ):
         assert expected in text, expected
     assert not Path(tiny[4].removeprefix("train.output_dir=")).exists()
 
@@ -104,8 +142,11 @@ def test_tensorboard_without_the_package_is_a_config_error(tiny, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a))  # fmt: skip
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a),
+    )
     result = runner.invoke(app, ["train", *tiny, "train.report_to=[tensorboard]"])
     assert result.exit_code == 2
     assert "tensorboard" in result.output and "pip install tensorboard" in result.output

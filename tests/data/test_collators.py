@@ -156,3 +156,38 @@ def test_bad_calls() -> None:
         StandardDataCollator(PAD)([])
     with pytest.raises(ValueError, match="empty"):
         PackedDataCollator()([])
+
+
+def _spans_point_at_the_same_tokens(batch, row_of, samples) -> None:
+    """Each sample's moved spans select, in its batch row, the tokens its own spans select."""
+    for i, s in enumerate(samples):
+        ids = batch["input_ids"][row_of(i)]
+        start, end = batch["student_image_span"][i].tolist()
+        turn, prompt_end = int(batch["student_turn_start"][i]), int(batch["prompt_end"][i])
+        own_start, own_end = s.student_image_span
+        assert end - start == own_end - own_start > 0
+        assert torch.equal(ids[start:end], s.input_ids[own_start:own_end])
+        assert torch.equal(ids[turn:prompt_end], s.input_ids[s.student_turn_start : s.prompt_end])
+        # The sample's student image is its last grid, found in the batch's concatenated grids.
+        k = int(batch["student_image"][i])
+        assert torch.equal(batch["image_grid_thw"][k], s.image_grid_thw[-1])
+        assert end - start == int(batch["image_grid_thw"][k].prod()) // 4
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_moves_the_student_spans_with_their_sample(samples, side: str) -> None:
+    batch = StandardDataCollator(PAD, padding_side=side)(samples)
+    _spans_point_at_the_same_tokens(batch, lambda i: i, samples)
+    if side == "left":  # the shorter samples moved right: the offsets were needed
+        assert batch["student_turn_start"].tolist() != [s.student_turn_start for s in samples]
+    assert batch["student_image"].tolist() == [0, 2, 5]
+
+
+def test_packing_moves_the_student_spans_with_their_sample(samples) -> None:
+    bin_ = list(reversed(samples))  # 3, 2 and 1 images
+    batch = PackedDataCollator()(bin_)
+    _spans_point_at_the_same_tokens(batch, lambda i: 0, bin_)
+    starts = batch["cu_seqlens"][:-1].long()
+    own = torch.tensor([s.student_image_span[0] for s in bin_])
+    assert torch.equal(batch["student_image_span"][:, 0] - starts, own) and starts[1:].all()
+    assert batch["student_image"].tolist() == [2, 4, 5]

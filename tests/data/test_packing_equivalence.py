@@ -20,8 +20,8 @@ from PIL import Image
 
 from bbucli.chat.loading import load_processor
 from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
-from bbucli.data.collators import PackedDataCollator, StandardDataCollator
 from bbucli.chat.rope import mrope_position_ids
+from bbucli.data.collators import PackedDataCollator, StandardDataCollator
 from bbucli.model.loading import load_model
 from bbucli.schema import DetObject, Episode, Sample
 
@@ -62,6 +62,8 @@ def text_only_sample(processor) -> ChatProcessorOutput:
         gt_boxes=torch.zeros(0, 4),
         gt_descs=(),
         prompt_end=len(prompt),
+        student_turn_start=int(torch.nonzero(ids == 151644)[1]),  # the user turn's <|im_start|>
+        student_image_span=(len(prompt), len(prompt)),  # no image: empty
         student_wh=(0, 0),
     )
 

@@ -23,7 +23,7 @@ SHORT = (
     "detection.max_queries=64", "detection.caption_max_len=16",
     "train.logging_steps=1", f"train.save_steps={STEPS}", f"train.eval_steps={STEPS}",
     "train.warmup_steps=0", "train.lr_scheduler_type=constant",
-)  # fmt: skip
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,14 +36,14 @@ def demo(tmp_path_factory):
     return run_demo(
         out, max_steps=STEPS, use_examples=False, n_images=6, seed=0, image_size=(448, 616),
         max_pixels=MAX_PIXELS, val_ratio=0.34, overrides=SHORT, lm_images=1, lm_max_new_tokens=24,
-    )  # fmt: skip
+    )
 
 
 def test_demo_writes_every_artefact(demo):
     assert demo.generated and demo.raw_dir == demo.out_dir / "raw"
     for path in (demo.data, demo.data.with_name("bbu.val.jsonl"), demo.data.with_name("bbu.report.json"),
                  demo.run_dir / "config.yaml", demo.checkpoint, demo.eval_dir / "metrics.json",
-                 demo.eval_dir / "pr_curve.png", demo.out_dir / "demo.json"):  # fmt: skip
+                 demo.eval_dir / "pr_curve.png", demo.out_dir / "demo.json"):
         assert path.exists(), path
     assert any((demo.data.parent / "images").iterdir())
     assert all(path.exists() for _, path in demo.look_next)

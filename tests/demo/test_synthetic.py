@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from bbucli.errors import UsageError
 from bbucli.demo.synthetic import KNOWN_ZH_LABELS, generate_raw_set, orientation_for_index
+from bbucli.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -20,6 +20,7 @@ from bbucli.evaluation import (
     parse_predictions_jsonl,
     read_ground_truth,
     read_predictions,
+    read_split,
     write_predictions_jsonl,
 )
 
@@ -140,6 +141,20 @@ def test_predictions_jsonl_round_trip(tmp_path):
     assert d.scores[0] == pytest.approx(0.123457)
 
 
+def test_read_split_keeps_each_scored_images_first_episode(split):
+    teacher = {"images": ["images/b.jpeg"], "objects": [{"bbox_2d": [1, 2, 30, 40], "desc": ZH}]}
+    first = json.loads(episode("images/a.jpeg", [([10, 10, 50, 50], EN)]))
+    again = {**first, "teachers": [teacher]}  # the same student again: reported, not scored
+    text = split.read_text(encoding="utf-8")
+    split.write_text(text + json.dumps(again, ensure_ascii=False) + "\n", encoding="utf-8")
+    read = read_split(split)
+    assert [i.key for i in read.ground_truth.images] == list(read.episodes)
+    assert list(read.episodes) == ["images/a.jpeg", "images/b.jpeg", "images/c.jpeg"]
+    assert read.episodes["images/a.jpeg"].teachers == ()  # the first episode, not the repeat
+    assert read.episodes["images/b.jpeg"].student.objects[0].bbox_2d == (100, 20, 150, 80)
+    assert any("already scored at line 1" in str(p) for p in read.ground_truth.problems)
+
+
 def test_coco_ground_truth_keeps_ids_area_and_iscrowd(tmp_path):
     data = {
         "images": [{"id": 7, "file_name": "x.jpg", "width": 100, "height": 100}, {"id": 9, "file_name": "y.jpg", "width": 100, "height": 100}],
@@ -156,6 +171,7 @@ def test_coco_ground_truth_keeps_ids_area_and_iscrowd(tmp_path):
     path.write_text(json.dumps(data))
     gt = read_ground_truth(path)
     assert gt.format == "coco" and [c.id for c in gt.categories] == [3]
+    assert read_split(path).episodes == {}  # COCO lists no episodes
     image = gt.images[0]
     assert image.image_id == 7 and image.key == "x.jpg"
     assert image.areas.tolist() == [10000.0, 1600.0] and image.iscrowd.tolist() == [False, True]

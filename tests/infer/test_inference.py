@@ -5,6 +5,7 @@ checked by hand on known answers."""
 
 from __future__ import annotations
 
+import tempfile
 from itertools import pairwise
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from PIL import Image, ImageOps
 from bbucli.chat.answer import render_answer
 from bbucli.chat.loading import load_processor
 from bbucli.chat.prompts import Prompts
+from bbucli.errors import UsageError
+from bbucli.geometry import resized_wh
 from bbucli.infer.answers import (
     GeneratedAnswer,
     detections_from_answer,
@@ -26,12 +29,11 @@ from bbucli.infer.answers import (
 from bbucli.infer.generation import generate_answers
 from bbucli.infer.inference import Inference
 from bbucli.infer.prompting import PromptBuilder, teacher_samples
-from bbucli.geometry import resized_wh
+from bbucli.loss.multitask import build_caption_vocab, caption_token_ids
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.caption_vocab import PAD
 from bbucli.model.checkpoint import save_checkpoint
 from bbucli.model.loading import load_model
-from bbucli.loss.multitask import build_caption_vocab, caption_token_ids
 from bbucli.schema import DetObject, Episode, Sample
 
 RAW = Path(__file__).resolve().parents[2] / "examples" / "raw"
@@ -60,8 +62,16 @@ def inference(tmp_path_factory) -> Inference:
     processor = load_processor("tiny", max_pixels=MAX_PIXELS)
     torch.manual_seed(0)
     vocab = build_caption_vocab(processor.tokenizer, DESCS)
-    model = BBUModel.from_qwen(load_model("tiny"), caption_vocab=vocab, width=64, layers=2, heads=4,
-                               ffn=128, caption_max_len=8, max_queries=MAX_QUERIES)  # fmt: skip
+    model = BBUModel.from_qwen(
+        load_model("tiny"),
+        caption_vocab=vocab,
+        width=64,
+        layers=2,
+        heads=4,
+        ffn=128,
+        caption_max_len=8,
+        max_queries=MAX_QUERIES,
+    )
     # Short prompts keep the CPU forward cheap; the prompts a checkpoint carries are used as saved.
     prompts = Prompts(system="Find every object.", instruction="Detect.")
     path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", model, processor, prompts=prompts)
@@ -110,9 +120,17 @@ def test_head_classes_come_from_the_caption_likelihood_of_each_class(inference):
     """Each query's class probabilities are the softmax of the caption decoder's log-likelihood
     of every class desc, recomputed here query by query; score = objectness x p(class)."""
     model, vocab = inference.model, inference.model.caption_vocab
-    build = lambda h: Inference(model, inference.processor, inference.prompts, device="cpu",  # noqa: E731
-                                class_descs=[*DESCS, "未知类别"], hypotheses=h)  # fmt: skip
-    every, best = build(3), build(1)
+    every, best = (
+        Inference(
+            model,
+            inference.processor,
+            inference.prompts,
+            device="cpu",
+            class_descs=[*DESCS, "未知类别"],
+            hypotheses=h,
+        )
+        for h in (3, 1)
+    )
     assert every.class_descs == DESCS  # a desc the caption vocabulary cannot spell is left out
     batch = inference.collate([inference.prepare(UPRIGHT)])
     with torch.no_grad():
@@ -148,6 +166,27 @@ def test_a_pil_image_gives_what_its_file_gives(inference):
     assert from_pil.image == "image_0" and from_pil.image_wh == from_file.image_wh
     assert np.allclose(from_pil.boxes_px, from_file.boxes_px, atol=1e-3)
     assert np.allclose(from_pil.scores, from_file.scores, atol=1e-5)
+
+
+def test_in_memory_images_write_no_scratch_files(inference, tmp_path, monkeypatch):
+    # No temporary folder can be made: a scratch file would fail; the pixels stay in memory.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "absent"))
+    with Image.open(ROTATED) as opened:
+        opened.load()
+        [found] = inference.predict([opened], top_k=3)["head"]
+    assert found.detections.image == "image_0" and len(found.detections) <= 3
+    assert not (tmp_path / "absent").exists()
+
+
+def test_an_episode_image_brings_its_teachers(inference, teacher):
+    episode = Episode(student=Sample((str(UPRIGHT),), ()), teachers=(teacher,))
+    [from_episode] = inference.predict([episode], top_k=5)["head"]
+    [from_path] = inference.predict([UPRIGHT], teachers=[teacher], top_k=5)["head"]
+    assert from_episode.detections.image == str(UPRIGHT) and from_episode.teachers == 1
+    assert from_episode.prompt_tokens == from_path.prompt_tokens
+    assert np.allclose(from_episode.detections.boxes_px, from_path.detections.boxes_px, atol=1e-3)
+    with pytest.raises(UsageError, match="own teachers"):
+        inference.predict([episode], teachers=[teacher])
 
 
 def test_the_image_takes_the_training_smart_resize(inference):
@@ -231,9 +270,13 @@ def test_greedy_logprobs_match_a_forward_and_left_padding(inference, teacher):
         ids = torch.cat([single["input_ids"], torch.tensor([answer.token_ids])], dim=1)
         with torch.no_grad():
             logits = qwen(
-                input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=single["pixel_values"],
-                image_grid_thw=single["image_grid_thw"], mm_token_type_ids=(ids == 151655).int(), use_cache=False,
-            ).logits[0]  # fmt: skip
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values=single["pixel_values"],
+                image_grid_thw=single["image_grid_thw"],
+                mm_token_type_ids=(ids == 151655).int(),
+                use_cache=False,
+            ).logits[0]
         n = len(answer.token_ids)
         logp = torch.log_softmax(logits[-n - 1 : -1].float(), dim=-1)
         expected = logp[torch.arange(n), torch.tensor(answer.token_ids)]

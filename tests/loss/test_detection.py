@@ -1,5 +1,5 @@
 """DetectionCriterion: L1/GIoU/focal against transformers' DETR losses, perfect predictions, images
-without objects, gradients, num_boxes normalisation, auxiliary keys, captions."""
+without objects, gradients, num_boxes normalisation, auxiliary keys, the matching it returns."""
 
 from __future__ import annotations
 
@@ -25,9 +25,7 @@ from bbucli.loss.detection import (
     num_boxes_across_ranks,
 )
 from bbucli.loss.focal import sigmoid_focal_loss
-from bbucli.loss.matcher import hungarian_matcher
-
-VOCAB, CAPTION_LEN = 11, 6
+from bbucli.loss.matcher import HungarianMatcher
 
 
 def random_boxes(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -37,37 +35,26 @@ def random_boxes(gen: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.cat((centre, wh), dim=-1)
 
 
-def make_batch(seed: int, sizes: list[int], queries: int = 16, layers: int = 3, captions=True):
+def make_batch(seed: int, sizes: list[int], queries: int = 16, layers: int = 3):
     gen = torch.Generator().manual_seed(seed)
     outputs = [
         LayerOutput(
             logits=(torch.randn(len(sizes), queries, generator=gen) * 2).requires_grad_(),
             boxes=random_boxes(gen, len(sizes), queries).requires_grad_(),
-            caption_logits=torch.randn(
-                len(sizes), queries, CAPTION_LEN, VOCAB, generator=gen
-            ).requires_grad_()
-            if captions and k == layers - 1
-            else None,
         )
-        for k in range(layers)
+        for _ in range(layers)
     ]
-    targets = []
-    for n in sizes:
-        ids = torch.randint(0, VOCAB, (n, CAPTION_LEN), generator=gen)
-        ids[:, 4:] = -100  # padded tail
-        targets.append(
-            DetTargets(boxes=random_boxes(gen, n), caption_ids=ids if captions else None)
-        )
+    targets = [DetTargets(boxes=random_boxes(gen, n)) for n in sizes]
     return outputs, targets
 
 
 def test_l1_giou_and_focal_equal_transformers_detr_losses():
     """Oracle: transformers' DETR box loss and Deformable-DETR's focal label loss, one class."""
     sizes = [5, 0, 20, 13]
-    outputs, targets = make_batch(0, sizes, queries=40, layers=1, captions=False)
+    outputs, targets = make_batch(0, sizes, queries=40, layers=1)
     out = outputs[0]
-    ours = DetectionCriterion()(outputs, targets, num_boxes=7.5)
-    indices = hungarian_matcher(out.logits, out.boxes, [t.boxes for t in targets])
+    ours = DetectionCriterion()(outputs, targets, num_boxes=7.5).losses
+    indices = HungarianMatcher()(out.logits, out.boxes, [t.boxes for t in targets])
     hf_targets = [
         {"boxes": t.boxes, "class_labels": torch.zeros(len(t.boxes), dtype=torch.long)}
         for t in targets
@@ -105,7 +92,7 @@ def test_perfect_predictions_give_zero_box_losses():
     for image, t in enumerate(targets):
         boxes[image, : len(t.boxes)] = t.boxes
         logits[image, : len(t.boxes)] = 8.0
-    losses = DetectionCriterion()([LayerOutput(logits, boxes)], targets, num_boxes=10.0)
+    losses = DetectionCriterion()([LayerOutput(logits, boxes)], targets, num_boxes=10.0).losses
     assert losses["l1"].item() == pytest.approx(0.0, abs=1e-6)
     assert losses["giou"].item() == pytest.approx(0.0, abs=1e-6)
     assert losses["objectness"].item() < 1e-4
@@ -115,33 +102,30 @@ def test_images_without_objects_give_finite_objectness_only_losses():
     outputs, targets = make_batch(3, [0, 0], layers=2)
     num_boxes = num_boxes_across_ranks(targets, "cpu")
     assert num_boxes == 1.0  # clamped
-    losses = DetectionCriterion()(outputs, targets, num_boxes=num_boxes)
+    losses = DetectionCriterion()(outputs, targets, num_boxes=num_boxes).losses
     assert all(torch.isfinite(v) for v in losses.values())
-    for key in ("l1", "giou", "caption", "l1_0", "giou_0"):
+    for key in ("l1", "giou", "l1_0", "giou_0"):
         assert losses[key].item() == 0.0
     assert losses["objectness"].item() > 0
-    losses["total"].backward()
+    sum(losses.values()).backward()
     assert outputs[-1].logits.grad.abs().sum() > 0
 
 
-def test_gradients_reach_boxes_logits_and_caption_logits():
+def test_gradients_reach_boxes_and_logits_of_matched_queries():
     outputs, targets = make_batch(4, [3, 0, 5])
-    DetectionCriterion()(outputs, targets, num_boxes=8.0)["total"].backward()
+    sum(DetectionCriterion()(outputs, targets, num_boxes=8.0).losses.values()).backward()
     for out in outputs:
         assert out.boxes.grad.abs().sum() > 0 and out.logits.grad.abs().sum() > 0
-    caption_grad = outputs[-1].caption_logits.grad
-    # Only matched queries are supervised, and only at non-padded positions.
-    supervised = caption_grad.abs().sum(-1) > 0  # (B, Q, L)
-    assert supervised[..., :4].any() and not supervised[..., 4:].any()
-    assert supervised.any(-1).sum(-1).tolist() == [3, 0, 5]
+        # Boxes are supervised on matched queries only: one per target.
+        assert (out.boxes.grad.abs().sum(-1) > 0).sum(-1).tolist() == [3, 0, 5]
 
 
 def test_losses_are_divided_by_num_boxes():
     outputs, targets = make_batch(5, [4, 2])
     criterion = DetectionCriterion()
     one, three = (
-        criterion(outputs, targets, num_boxes=1.0),
-        criterion(outputs, targets, num_boxes=3.0),
+        criterion(outputs, targets, num_boxes=1.0).losses,
+        criterion(outputs, targets, num_boxes=3.0).losses,
     )
     assert one.keys() == three.keys()
     for key in one:
@@ -150,39 +134,40 @@ def test_losses_are_divided_by_num_boxes():
         criterion(outputs, targets, num_boxes=0.0)
 
 
-def test_aux_keys_and_weighted_total():
+def test_aux_keys_and_the_matching_of_every_layer():
     outputs, targets = make_batch(6, [3, 1], layers=3)
-    weights = {"l1": 5.0, "giou": 2.0, "objectness": 2.0, "caption": 1.5}
-    losses = DetectionCriterion(**weights)(outputs, targets, num_boxes=4.0)
-    assert set(losses) == {
-        "l1", "giou", "objectness", "caption",
+    result = DetectionCriterion()(outputs, targets, num_boxes=4.0)
+    assert set(result.losses) == {
+        "l1", "giou", "objectness",
         "l1_0", "giou_0", "objectness_0", "l1_1", "giou_1", "objectness_1",
-        "total",
     }  # fmt: skip
-    expected = sum(
-        weights[key.split("_")[0]] * value for key, value in losses.items() if key != "total"
-    )
-    torch.testing.assert_close(losses["total"], expected)
+    boxes = [t.boxes for t in targets]
+    expected = HungarianMatcher().match_layers([(o.logits, o.boxes) for o in outputs], boxes)
+    assert len(result.indices) == 3
+    for got, want in zip(result.indices, expected, strict=True):
+        for (src, tgt), (ref_src, ref_tgt) in zip(got, want, strict=True):
+            assert torch.equal(src, ref_src) and torch.equal(tgt, ref_tgt)
     final_only = DetectionCriterion(aux=False)(outputs, targets, num_boxes=4.0)
-    assert set(final_only) == {"l1", "giou", "objectness", "caption", "total"}
-    torch.testing.assert_close(final_only["l1"], losses["l1"])
+    assert set(final_only.losses) == {"l1", "giou", "objectness"}
+    torch.testing.assert_close(final_only.losses["l1"], result.losses["l1"])
+    assert len(final_only.indices) == 1
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(final_only.indices[0], expected[-1], strict=True))
 
 
-def test_caption_loss_is_token_mean_cross_entropy_of_matched_queries():
+def test_objectness_uses_the_matchers_focal_parameters():
     outputs, targets = make_batch(7, [2], layers=1)
-    out = outputs[0]
-    src, tgt = hungarian_matcher(out.logits, out.boxes, [targets[0].boxes])[0]
-    expected = (
-        sum(
-            torch.nn.functional.cross_entropy(
-                out.caption_logits[0, q, :4], targets[0].caption_ids[n, :4]
-            )
-            for q, n in zip(src.tolist(), tgt.tolist(), strict=True)
-        )
-        / 2.0
-    )
-    losses = DetectionCriterion()(outputs, targets, num_boxes=2.0)
-    torch.testing.assert_close(losses["caption"], expected)
+    plain = DetectionCriterion()(outputs, targets, num_boxes=2.0).losses
+    matcher = HungarianMatcher(focal_alpha=-1.0, focal_gamma=0.0)
+    bce = DetectionCriterion(matcher)(outputs, targets, num_boxes=2.0).losses
+    # gamma 0 and no class balance: plain binary cross entropy on every query.
+    indices = matcher(outputs[0].logits, outputs[0].boxes, [targets[0].boxes])
+    is_object = torch.zeros_like(outputs[0].logits)
+    is_object[0, indices[0][0]] = 1.0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        outputs[0].logits, is_object, reduction="sum"
+    ) / 2.0
+    torch.testing.assert_close(bce["objectness"], expected)
+    assert not torch.isclose(plain["objectness"], bce["objectness"])
 
 
 def test_num_boxes_across_ranks_counts_boxes_without_distributed():

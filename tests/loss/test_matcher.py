@@ -1,5 +1,6 @@
-"""matcher: cost against a plain-Python reference and transformers' Deformable-DETR matcher,
-optimality against brute force, batched == per image, all layers == layer by layer, errors."""
+"""HungarianMatcher: default costs, the cost against a plain-Python reference and transformers'
+Deformable-DETR matcher, optimality against brute force, batched == per image, all layers == layer
+by layer, errors."""
 
 from __future__ import annotations
 
@@ -17,13 +18,7 @@ from transformers.loss.loss_for_object_detection import (
 )
 
 from bbucli.errors import BbuError
-from bbucli.loss.matcher import (
-    MatchingError,
-    center_prior_outside,
-    hungarian_matcher,
-    match_layers,
-    matching_cost,
-)
+from bbucli.loss.matcher import HungarianMatcher, MatchingError, center_prior_outside
 
 WEIGHTS = {"cost_obj": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0}
 
@@ -66,9 +61,15 @@ def naive_matrix(logits: torch.Tensor, boxes: torch.Tensor, tgt: torch.Tensor) -
     return [[naive_cost(lg[q], bx[q], tg[n]) for n in range(len(tg))] for q in range(len(lg))]
 
 
+def test_default_costs():
+    assert HungarianMatcher() == HungarianMatcher(
+        **WEIGHTS, cost_center=0.0, focal_alpha=0.25, focal_gamma=2.0
+    )
+
+
 def test_cost_matches_plain_python_reference():
     logits, boxes, targets = random_case(0, 1, 12, [7])
-    got = matching_cost(logits, boxes, targets[0][None], **WEIGHTS)[0]
+    got = HungarianMatcher(**WEIGHTS).cost(logits, boxes, targets[0][None])[0]
     torch.testing.assert_close(got, torch.tensor(naive_matrix(logits[0], boxes[0], targets[0])))
 
 
@@ -77,7 +78,7 @@ def test_cost_matches_plain_python_reference():
 def test_assignment_is_optimal_vs_brute_force(seed, queries, objects):
     logits, boxes, targets = random_case(seed, 1, queries, [objects])
     cost = naive_matrix(logits[0], boxes[0], targets[0])
-    src, tgt = hungarian_matcher(logits, boxes, targets)[0]
+    src, tgt = HungarianMatcher()(logits, boxes, targets)[0]
     assert len(src) == len(tgt) == min(queries, objects)
     assert len(set(src.tolist())) == len(src) and len(set(tgt.tolist())) == len(tgt)
     ours = sum(cost[q][n] for q, n in zip(src.tolist(), tgt.tolist(), strict=True))
@@ -97,11 +98,9 @@ def test_assignment_is_optimal_vs_brute_force(seed, queries, objects):
 def test_batched_equals_per_image():
     sizes = [3, 0, 7, 1, 12, 5]
     logits, boxes, targets = random_case(1, len(sizes), 20, sizes)
-    batched = hungarian_matcher(logits, boxes, targets)
+    batched = HungarianMatcher()(logits, boxes, targets)
     for i, (src, tgt) in enumerate(batched):
-        alone_src, alone_tgt = hungarian_matcher(logits[i : i + 1], boxes[i : i + 1], [targets[i]])[
-            0
-        ]
+        alone_src, alone_tgt = HungarianMatcher()(logits[i : i + 1], boxes[i : i + 1], [targets[i]])[0]
         assert torch.equal(src, alone_src) and torch.equal(tgt, alone_tgt)
         assert len(src) == sizes[i]
 
@@ -110,11 +109,11 @@ def test_match_layers_equals_layer_by_layer():
     sizes = [4, 0, 9]
     layers = [random_case(seed, 3, 15, sizes)[:2] for seed in range(4)]
     targets = random_case(0, 3, 15, sizes)[2]
-    together = match_layers(layers, targets, step=5)
+    together = HungarianMatcher().match_layers(layers, targets, step=5)
     assert len(together) == 4
     for (logits, boxes), pairs in zip(layers, together, strict=True):
         for (src, tgt), (ref_src, ref_tgt) in zip(
-            pairs, hungarian_matcher(logits, boxes, targets), strict=True
+            pairs, HungarianMatcher()(logits, boxes, targets), strict=True
         ):
             assert torch.equal(src, ref_src) and torch.equal(tgt, ref_tgt)
 
@@ -123,7 +122,7 @@ def test_images_without_targets_get_empty_indices():
     logits, boxes, _ = random_case(2, 3, 10, [])
     targets = [torch.zeros(0, 4), random_boxes(torch.Generator(), 2), torch.zeros(0, 4)]
     for case in (targets, [torch.zeros(0, 4)] * 3):
-        for image, (src, tgt) in enumerate(hungarian_matcher(logits, boxes, case)):
+        for image, (src, tgt) in enumerate(HungarianMatcher()(logits, boxes, case)):
             assert src.dtype == tgt.dtype == torch.int64
             assert len(src) == len(tgt) == len(case[image])
 
@@ -136,7 +135,7 @@ def test_query_equal_to_a_target_is_matched_to_it():
     copies = torch.randperm(30, generator=gen)[:6]  # query copies[j] predicts target j exactly
     boxes[0, copies] = targets
     logits[0, copies] = 6.0
-    src, tgt = hungarian_matcher(logits, boxes, [targets])[0]
+    src, tgt = HungarianMatcher()(logits, boxes, [targets])[0]
     assert dict(zip(tgt.tolist(), src.tolist(), strict=True)) == {
         j: int(q) for j, q in enumerate(copies)
     }
@@ -144,7 +143,7 @@ def test_query_equal_to_a_target_is_matched_to_it():
 
 def test_more_targets_than_queries_matches_every_query():
     logits, boxes, targets = random_case(4, 1, 3, [8])
-    src, tgt = hungarian_matcher(logits, boxes, targets)[0]
+    src, tgt = HungarianMatcher()(logits, boxes, targets)[0]
     assert src.tolist() == [0, 1, 2] and len(set(tgt.tolist())) == 3
 
 
@@ -155,14 +154,14 @@ def test_non_finite_cost_names_step_layer_and_image(bad):
     targets = random_case(0, 3, 6, sizes)[2]
     layers[1][1][1, 4, 2] = bad  # layer 1, image 1, query 4
     with pytest.raises(MatchingError, match=r"step 12, decoder layer 1, image 1") as info:
-        match_layers(layers, targets, step=12)
+        HungarianMatcher().match_layers(layers, targets, step=12)
     assert isinstance(info.value, BbuError) and info.value.hint
 
 
 def test_non_finite_predictions_of_an_image_without_targets_are_not_a_matching_error():
     logits, boxes, targets = random_case(5, 2, 6, [2, 0])
     boxes[1, 0, 0] = float("nan")  # image 1 has no cost matrix to solve
-    assert len(hungarian_matcher(logits, boxes, targets, step=1)[0][0]) == 2
+    assert len(HungarianMatcher()(logits, boxes, targets, step=1)[0][0]) == 2
 
 
 def test_cost_matrix_equals_transformers_terms():
@@ -172,7 +171,7 @@ def test_cost_matrix_equals_transformers_terms():
         center_to_corners_format(boxes[0]), center_to_corners_format(targets[0])
     )
     box_part = 5.0 * torch.cdist(boxes[0], targets[0], p=1) - 2.0 * giou
-    got = matching_cost(logits, boxes, targets[0][None], **{**WEIGHTS, "cost_obj": 0.0})[0]
+    got = HungarianMatcher(**{**WEIGHTS, "cost_obj": 0.0}).cost(logits, boxes, targets[0][None])[0]
     torch.testing.assert_close(got, box_part, rtol=0, atol=1e-6)
 
     # Deformable-DETR's focal class cost has 1e-8 inside its logs, ours does not: they agree
@@ -182,7 +181,7 @@ def test_cost_matrix_equals_transformers_terms():
     neg = 0.75 * prob**2 * -(1 - prob + 1e-8).log()
     pos = 0.25 * (1 - prob) ** 2 * -(prob + 1e-8).log()
     only_obj = {**WEIGHTS, "cost_bbox": 0.0, "cost_giou": 0.0}
-    got = matching_cost(logits, boxes, targets[0][None], **only_obj)[0, :, 0]
+    got = HungarianMatcher(**only_obj).cost(logits, boxes, targets[0][None])[0, :, 0]
     torch.testing.assert_close(got.double(), 2.0 * (pos - neg), rtol=0, atol=2e-5)
 
 
@@ -198,9 +197,9 @@ def test_assignment_cost_equals_transformers_deformable_detr_matcher():
             for n, t in zip(sizes, targets, strict=True)
         ],
     )
-    ours = hungarian_matcher(logits, boxes, targets)
+    ours = HungarianMatcher()(logits, boxes, targets)
     for i, ((src, tgt), (ref_src, ref_tgt)) in enumerate(zip(ours, theirs, strict=True)):
-        cost = matching_cost(logits[i : i + 1], boxes[i : i + 1], targets[i][None], **WEIGHTS)[0]
+        cost = HungarianMatcher(**WEIGHTS).cost(logits[i : i + 1], boxes[i : i + 1], targets[i][None])[0]
         assert cost[src, tgt].sum().item() == pytest.approx(
             cost[ref_src, ref_tgt].sum().item(), abs=1e-4
         )
@@ -225,14 +224,16 @@ def test_center_prior_matches_a_target_to_the_queries_around_it():
     logits = torch.zeros(1, 2)
     anchors = torch.tensor([[[0.2, 0.2, 0.25, 0.25], [0.8, 0.8, 0.25, 0.25]]])
     target = [torch.tensor([[0.8, 0.8, 0.1, 0.1]])]
-    (free,) = hungarian_matcher(logits, boxes, target, **WEIGHTS)
+    (free,) = HungarianMatcher(**WEIGHTS)(logits, boxes, target)
     assert free[0].tolist() == [0]
-    (prior,) = hungarian_matcher(logits, boxes, target, anchors=anchors, cost_center=100.0, **WEIGHTS)
+    (prior,) = HungarianMatcher(cost_center=100.0, **WEIGHTS)(logits, boxes, target, anchors=anchors)
     assert prior[0].tolist() == [1]
     # It is a cost, not a rule: a target with no query around it still gets matched.
     far = [torch.tensor([[0.5, 0.05, 0.05, 0.05]])]
-    (alone,) = hungarian_matcher(logits, boxes, far, anchors=anchors, cost_center=100.0, **WEIGHTS)
+    (alone,) = HungarianMatcher(cost_center=100.0, **WEIGHTS)(logits, boxes, far, anchors=anchors)
     assert len(alone[0]) == 1
     # Every layer of match_layers uses the same anchors.
-    layers = match_layers([(logits, boxes), (logits, boxes)], target, anchors=anchors, cost_center=100.0, **WEIGHTS)
+    layers = HungarianMatcher(cost_center=100.0, **WEIGHTS).match_layers(
+        [(logits, boxes), (logits, boxes)], target, anchors=anchors
+    )
     assert [layer[0][0].tolist() for layer in layers] == [[1], [1]]

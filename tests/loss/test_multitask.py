@@ -18,10 +18,7 @@ from bbucli.chat.loading import load_processor
 from bbucli.chat.processor import ChatProcessor
 from bbucli.data.collators import PackedDataCollator, StandardDataCollator
 from bbucli.geometry import box_iou, cxcywh_to_xyxy
-from bbucli.loss.matcher import hungarian_matcher
-from bbucli.model.bbu_model import BBUModel
-from bbucli.model.caption_vocab import EOS, PAD
-from bbucli.model.loading import load_model
+from bbucli.loss.matcher import HungarianMatcher
 from bbucli.loss.multitask import (
     CaptionTargets,
     LossWeights,
@@ -30,6 +27,9 @@ from bbucli.loss.multitask import (
     caption_token_ids,
     total_loss,
 )
+from bbucli.model.bbu_model import BBUModel
+from bbucli.model.caption_vocab import EOS, PAD
+from bbucli.model.loading import load_model
 from bbucli.model.param_groups import GROUPS, build_param_groups, parameter_group
 from bbucli.schema import DetObject, Episode, Sample
 
@@ -174,7 +174,7 @@ def test_caption_loss_reads_matched_queries_only(processor, vocab, samples) -> N
         builder = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])
         total, n = 0.0, sum(len(b) for b in boxes)
         for b, (queries, targets) in enumerate(
-            hungarian_matcher(head.pred_logits, head.pred_boxes, boxes)
+            HungarianMatcher()(head.pred_logits, head.pred_boxes, boxes)
         ):
             ids = builder([samples[b].gt_descs[int(t)] for t in targets])
             logits = model.head.caption_logits(head.hidden[b, queries], ids)
@@ -215,10 +215,11 @@ def test_center_prior_reaches_the_caption_matching(processor, vocab, samples) ->
                                       torch.full_like(n, 1.0 / gw, dtype=torch.float32),
                                       torch.full_like(n, 1.0 / gh, dtype=torch.float32)), -1).float())  # fmt: skip
         anchors = torch.stack(cells)
-        with_prior = hungarian_matcher(head.pred_logits, head.pred_boxes, boxes, anchors=anchors, cost_center=100.0)
-        without = hungarian_matcher(head.pred_logits, head.pred_boxes, boxes)
+        prior = HungarianMatcher(cost_center=100.0)
+        with_prior = prior(head.pred_logits, head.pred_boxes, boxes, anchors=anchors)
+        without = HungarianMatcher()(head.pred_logits, head.pred_boxes, boxes)
         assert any(not torch.equal(a[0], b[0]) for a, b in zip(with_prior, without, strict=True))
-        loss = MultiTaskLoss(LossWeights(), captions=captions, cost_center=100.0)
+        loss = MultiTaskLoss(LossWeights(), captions=captions, matcher=prior)
         caption = float(loss(model, out, batch).losses["caption"])
         plain = float(MultiTaskLoss(LossWeights(), captions=captions)(model, out, batch).losses["caption"])
         assert caption == pytest.approx(caption_loss_of(model, processor, vocab, samples, head, with_prior), rel=1e-5)
@@ -226,6 +227,45 @@ def test_center_prior_reaches_the_caption_matching(processor, vocab, samples) ->
     for b, (queries, _) in enumerate(with_prior):
         # Every matched query's cell touches its object here (small images, few objects).
         assert len(queries) == len(boxes[b])
+
+
+class _FixedLastLayer:
+    """A matcher for the test below: counts its calls and, for the decoder's layers, replaces the
+    last layer's matching with a hand-built one (query i <-> target i), so a caption loss that
+    matched on its own would read other queries."""
+
+    def __init__(self) -> None:
+        self.real = HungarianMatcher()
+        self.cost_center = self.real.cost_center
+        self.focal_alpha, self.focal_gamma = self.real.focal_alpha, self.real.focal_gamma
+        self.calls = 0
+        self.last_layer: list | None = None
+
+    def match_layers(self, layers, targets, *, step=None, anchors=None):
+        self.calls += 1
+        result = self.real.match_layers(layers, targets, step=step, anchors=anchors)
+        if len(layers) > 1:  # the decoder, not the token stage
+            n = [len(t) for t in targets]
+            result[-1] = [(torch.arange(k), torch.arange(k)) for k in n]
+            self.last_layer = result[-1]
+        return result
+
+
+def test_caption_loss_reuses_the_criterions_matching(processor, vocab, samples) -> None:
+    """One matching per stage and step: the captions read the decoder's last-layer pairs the
+    criterion returned (here a hand-built matching), not a matching of their own."""
+    model = make_model(vocab).eval()
+    batch = StandardDataCollator(151643)(samples)
+    captions = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])
+    matcher = _FixedLastLayer()
+    with torch.no_grad():
+        out = model(batch)
+        result = MultiTaskLoss(LossWeights(), captions=captions, matcher=matcher)(model, out, batch)
+        real = HungarianMatcher()(out.head.pred_logits, out.head.pred_boxes, [s.gt_boxes for s in samples])
+        assert any(not torch.equal(q, torch.arange(len(q))) for q, _ in real)  # a different matching
+        expected = caption_loss_of(model, processor, vocab, samples, out.head, matcher.last_layer)
+    assert matcher.calls == 2  # the decoder's layers and the token stage: none for the captions
+    assert float(result.losses["caption"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_caption_weight_zero_skips_the_caption_decoder(processor, vocab, samples) -> None:

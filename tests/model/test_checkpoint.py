@@ -18,6 +18,7 @@ from bbucli.chat.processor import ChatProcessor
 from bbucli.chat.prompts import Prompts, build_prompts
 from bbucli.data.collators import StandardDataCollator
 from bbucli.errors import ModelError
+from bbucli.loss.multitask import build_caption_vocab
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.checkpoint import (
     FORMAT_VERSION,
@@ -26,7 +27,7 @@ from bbucli.model.checkpoint import (
     save_checkpoint,
 )
 from bbucli.model.loading import load_model
-from bbucli.loss.multitask import build_caption_vocab
+from bbucli.model.trained_with import TrainedWith
 from bbucli.schema import DetObject, Episode, Sample
 from bbucli.taxonomy import Taxonomy, default_path
 
@@ -77,8 +78,13 @@ def outputs(model: BBUModel, batch: dict) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         out = model(batch)
         logits = model.qwen.lm_head(out.hidden_states)
-    return {"logits": logits, "hidden": out.hidden_states, "obj": out.head.pred_logits,
-            "boxes": out.head.pred_boxes, "captions": model.head.generate_captions(out.head.hidden[:, :3])}  # fmt: skip
+    return {
+        "logits": logits,
+        "hidden": out.hidden_states,
+        "obj": out.head.pred_logits,
+        "boxes": out.head.pred_boxes,
+        "captions": model.head.generate_captions(out.head.hidden[:, :3]),
+    }
 
 
 def test_layout_and_metadata(saved, model):
@@ -136,6 +142,19 @@ def test_prompts_rebuilt_from_config_and_taxonomy_or_saved_exactly(loaded, tmp_p
     meta = json.loads((path / "bbu.json").read_text())
     assert meta["prompts"] == {"system": "System.", "instruction": "Find."}
     assert replace(loaded, meta=meta).prompts() == exact
+
+
+def test_trained_with_saved_typed_or_read_from_an_old_config(loaded, tmp_path, model, processor):
+    # A checkpoint without the record: the facts its config.yaml states, None for the rest.
+    assert loaded.trained_with == TrainedWith(lang="en", num_teachers=1)
+    assert loaded.max_tokens is None
+    facts = TrainedWith(lang="en", prompt_classes=False, max_tokens=900, num_teachers=2, val=tmp_path / "val.jsonl")
+    path = save_checkpoint(tmp_path / "typed", model, processor, config_yaml=CONFIG, trained_with=facts)
+    meta = json.loads((path / "bbu.json").read_text())
+    assert meta["trained_with"]["max_tokens"] == 900 and meta["trained_with"]["val"] == str(tmp_path / "val.jsonl")
+    again = replace(loaded, meta=meta)
+    assert again.trained_with == facts and again.max_tokens == 900
+    assert again.prompts() == build_prompts(Taxonomy.load().descs("en"), "en", list_classes=False)
 
 
 def test_replacing_keeps_foreign_files_and_swaps_atomically(tmp_path, model, processor):

@@ -124,9 +124,13 @@ def test_meta_skeleton_has_the_real_parameter_names(size):
     assert top == prefixes
     second = {".".join(name.split(".")[:3]) for name in params if name.startswith("model.")}
     assert second == {
-        "model.visual.patch_embed", "model.visual.blocks", "model.visual.merger",
-        "model.language_model.embed_tokens", "model.language_model.layers", "model.language_model.norm",
-    }  # fmt: skip
+        "model.visual.patch_embed",
+        "model.visual.blocks",
+        "model.visual.merger",
+        "model.language_model.embed_tokens",
+        "model.language_model.layers",
+        "model.language_model.norm",
+    }
     assert all(p.device.type == "meta" for p in params.values())
     assert params["model.language_model.embed_tokens.weight"].shape == embed_shape
     assert params["model.visual.patch_embed.proj.weight"].shape == (1280, 3, 2, 14, 14)

@@ -1,5 +1,5 @@
-"""The README's config reference: generated from the config models, current, complete, and every
-config field documented."""
+"""The config reference in docs/config.md: generated from the config models, current, complete, and
+every config field documented."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ from pydantic import BaseModel
 
 from bbucli.errors import BbuError
 from bbucli.train.config.loading import BbuConfig
+from bbucli.train.config.overrides import parse_yaml
 from tools.config_reference import (
+    DOC,
     END,
     START,
     _main,
     render_reference,
     write_reference,
 )
-from bbucli.train.config.overrides import parse_yaml
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DOC = REPO / DOC
 REGENERATE = "python -m tools.config_reference"
 
 
@@ -53,13 +55,20 @@ def rows(text: str) -> dict[str, dict[str, list[str]]]:
     return tables
 
 
-def test_readme_block_is_current():
-    text = README.read_text(encoding="utf-8")
+def test_doc_block_is_current():
+    text = CONFIG_DOC.read_text(encoding="utf-8")
     assert text.count(START) == 1 and text.count(END) == 1
     block = text.split(START)[1].split(END)[0]
     assert block.strip() == render_reference().strip(), (
-        f"README.md's config reference is stale: run `{REGENERATE}`"
+        f"{DOC}'s config reference is stale: run `{REGENERATE}`"
     )
+
+
+def test_default_target_is_the_config_doc(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(REPO)
+    assert Path("docs/config.md") == DOC
+    assert _main(["--check"]) == 0
+    assert START not in (REPO / "README.md").read_text(encoding="utf-8")  # one copy, in docs/
 
 
 def test_every_field_is_listed_with_its_default():
@@ -107,16 +116,16 @@ def test_every_field_has_a_description():
 
 
 def test_write_reference_rewrites_a_stale_block(tmp_path: Path):
-    readme = tmp_path / "README.md"
-    readme.write_text(
+    doc = tmp_path / "config.md"
+    doc.write_text(
         f"# Title\n\nbefore\n\n{START}\nold table\n{END}\n\nafter\n", encoding="utf-8"
     )
-    assert write_reference(readme) is True
-    text = readme.read_text(encoding="utf-8")
+    assert write_reference(doc) is True
+    text = doc.read_text(encoding="utf-8")
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith(f"{END}\n\nafter\n")
     assert "old table" not in text and render_reference() in text
-    assert write_reference(readme) is False
-    assert readme.read_text(encoding="utf-8") == text
+    assert write_reference(doc) is False
+    assert doc.read_text(encoding="utf-8") == text
 
 
 @pytest.mark.parametrize(
@@ -124,18 +133,18 @@ def test_write_reference_rewrites_a_stale_block(tmp_path: Path):
     ["no markers\n", f"{START}\nonly a start\n", f"{END}\n{START}\n", f"{START}\n{START}\n{END}\n"],
 )
 def test_missing_markers_raise(tmp_path: Path, body: str):
-    readme = tmp_path / "README.md"
-    readme.write_text(body, encoding="utf-8")
+    doc = tmp_path / "config.md"
+    doc.write_text(body, encoding="utf-8")
     with pytest.raises(BbuError, match="no config reference block"):
-        write_reference(readme)
-    assert readme.read_text(encoding="utf-8") == body
+        write_reference(doc)
+    assert doc.read_text(encoding="utf-8") == body
 
 
 def test_check_exits_1_when_stale(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{START}\nold\n{END}\n", encoding="utf-8")
-    assert _main(["--check", str(readme)]) == 1
+    doc = tmp_path / "config.md"
+    doc.write_text(f"{START}\nold\n{END}\n", encoding="utf-8")
+    assert _main(["--check", str(doc)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "stale" in err and REGENERATE in err
-    assert _main([str(readme)]) == 0
-    assert _main(["--check", str(readme)]) == 0
+    assert _main([str(doc)]) == 0
+    assert _main(["--check", str(doc)]) == 0

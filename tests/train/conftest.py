@@ -23,12 +23,22 @@ from bbucli.demo.synthetic import generate_raw_set
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 MAX_PIXELS = 64 * 28 * 28
 SHORT = (
-    f"model.max_pixels={MAX_PIXELS}", "data.max_tokens=1024", "data.max_tokens_per_batch=4096",
-    "detection.width=32", "detection.layers=1", "detection.heads=2", "detection.ffn=64",
-    "detection.max_queries=64", "detection.caption_max_len=16",
-    "train.max_steps=2", "train.logging_steps=1", "train.save_steps=2", "train.eval_steps=2",
-    "train.warmup_steps=0", "train.lr_scheduler_type=linear",
-)  # fmt: skip
+    f"model.max_pixels={MAX_PIXELS}",
+    "data.max_tokens=1024",
+    "data.max_tokens_per_batch=4096",
+    "detection.width=32",
+    "detection.layers=1",
+    "detection.heads=2",
+    "detection.ffn=64",
+    "detection.max_queries=64",
+    "detection.caption_max_len=16",
+    "train.max_steps=2",
+    "train.logging_steps=1",
+    "train.save_steps=2",
+    "train.eval_steps=2",
+    "train.warmup_steps=0",
+    "train.lr_scheduler_type=linear",
+)
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +63,14 @@ def tiny_overrides(tiny_data):
     """make(out_dir, *more) -> overrides of configs/tiny.yaml (`more` last, so they win)."""
 
     def make(out_dir: Path, *more: str) -> list[str]:
-        data = [f"data.{key}={tiny_data / name}" for key, name in
-                (("train", "bbu.jsonl"), ("val", "bbu.val.jsonl"), ("teachers", "bbu.teachers.jsonl"))]  # fmt: skip
+        data = [
+            f"data.{key}={tiny_data / name}"
+            for key, name in (
+                ("train", "bbu.jsonl"),
+                ("val", "bbu.val.jsonl"),
+                ("teachers", "bbu.teachers.jsonl"),
+            )
+        ]
         return [*data, f"train.output_dir={out_dir}", *SHORT, *more]
 
     return make

@@ -22,8 +22,13 @@ from bbucli.train.config.loading import load_config
 from bbucli.train.run import run_training
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
-LONGER = ("data.max_tokens_per_batch=1024", "data.teacher_resample=true", "train.max_steps=5",
-          "train.save_steps=3", "train.eval_strategy=no")  # fmt: skip
+LONGER = (
+    "data.max_tokens_per_batch=1024",
+    "data.teacher_resample=true",
+    "train.max_steps=5",
+    "train.save_steps=3",
+    "train.eval_strategy=no",
+)
 
 
 def test_a_killed_run_resumes_with_the_uninterrupted_losses(tiny_overrides, tmp_path, monkeypatch):
@@ -45,8 +50,12 @@ def _killed_run_resumes(tiny_overrides, tmp_path):
     out = tmp_path / "killed"
     overrides = tiny_overrides(out, *LONGER)
     log = (tmp_path / "killed.log").open("w")
-    child = subprocess.Popen([sys.executable, "-m", "bbucli", "train", str(TINY), *overrides],
-                             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bbucli", "train", str(TINY), *overrides],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
     marker = out / "checkpoint-3" / "trainer_state.json"  # the Trainer writes it last
     deadline = time.monotonic() + 300
     while not marker.exists():

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bbucli.data.dataset import EpisodeDataset, EpochBatches, redraw_teachers
 from bbucli.model.checkpoint import is_checkpoint, load_checkpoint
 from bbucli.schema import DetObject, Episode, read_episodes
 from bbucli.train.config.loading import load_config
-from bbucli.data.dataset import EpisodeDataset, EpochBatches, redraw_teachers
 from bbucli.train.run import resolve_resume, run_training
 from bbucli.train.trainer import TrainingDiverged, latest_checkpoint
 
@@ -52,8 +52,19 @@ def test_run_folder_and_checkpoints(plain_run):
     info = json.loads((out / "run.json").read_text())
     assert info["bbucli"] and info["world_size"] == 1 and info["train"]["samples"] == 2
     ckpt = out / "checkpoint-2"
-    for name in ("qwen", "processor", "head.safetensors", "bbu.json", "config.yaml", "taxonomy.yaml",
-                 "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):  # fmt: skip
+    for name in (
+        "qwen",
+        "processor",
+        "head.safetensors",
+        "bbu.json",
+        "config.yaml",
+        "taxonomy.yaml",
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+    ):
         assert (ckpt / name).exists(), name
     assert is_checkpoint(result.final_checkpoint) and not (result.final_checkpoint / "optimizer.pt").exists()
     assert latest_checkpoint(out) == ckpt
@@ -94,8 +105,12 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_
     # A learning rate of 1e30 makes step 1's update explode: step 2's predictions are not finite.
     out = tmp_path / "nan"
     lrs = [f"optim.lrs.{g}=1e30" for g in GROUPS]
-    cfg = load_config(TINY, tiny_overrides(out, *lrs, "train.max_steps=3", "train.save_steps=1",
-                                           "train.eval_strategy=no"))  # fmt: skip
+    cfg = load_config(
+        TINY,
+        tiny_overrides(
+            out, *lrs, "train.max_steps=3", "train.save_steps=1", "train.eval_strategy=no"
+        ),
+    )
     with pytest.raises(TrainingDiverged, match="step 2") as info:
         run_training(cfg)
     assert "checkpoint-1" in info.value.message and info.value.hint
@@ -116,15 +131,21 @@ def chat():
     from bbucli.taxonomy import Taxonomy
 
     prompts = build_prompts(Taxonomy.load().descs("zh"), "zh")
-    return ChatProcessor(load_processor("tiny", max_pixels=64 * 28 * 28), system_prompt=prompts.system,
-                         instruction=prompts.instruction, max_tokens=1024)  # fmt: skip
+    return ChatProcessor(
+        load_processor("tiny", max_pixels=64 * 28 * 28),
+        system_prompt=prompts.system,
+        instruction=prompts.instruction,
+        max_tokens=1024,
+    )
 
 
 def test_over_budget_students_are_skipped_and_counted(tiny_data, chat):
     episodes = read_episodes(tiny_data / "bbu.jsonl")
     first = episodes[0]
-    huge = Episode(student=type(first.student)(first.student.images,
-                                                 first.student.objects * 60), teachers=first.teachers)  # fmt: skip
+    huge = Episode(
+        student=type(first.student)(first.student.images, first.student.objects * 60),
+        teachers=first.teachers,
+    )
     dataset = EpisodeDataset([*episodes, huge], chat, tiny_data)
     assert len(dataset) == len(episodes) and dataset.stats.skipped_too_long == 1
     assert dataset.stats.tokens == sum(dataset.lengths())
@@ -166,8 +187,10 @@ def test_batches_are_a_function_of_seed_and_epoch_and_split_over_ranks(tiny_data
         orders.append(list(batches))
     n = len(lengths)
     assert orders[0] == orders[2] and sorted(map(tuple, orders[0])) == [(i,) for i in range(n)]
-    ranks = [list(EpochBatches(dataset, packed=True, max_tokens_per_batch=1024, num_replicas=2, rank=r))
-             for r in (0, 1)]  # fmt: skip
+    ranks = [
+        list(EpochBatches(dataset, packed=True, max_tokens_per_batch=1024, num_replicas=2, rank=r))
+        for r in (0, 1)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == -(-n // 2)
     assert sorted(i for r in ranks for b in r for i in b) == list(range(n))
     padded = EpochBatches(dataset, packed=False, max_tokens_per_batch=0, batch_size=2, seed=0)

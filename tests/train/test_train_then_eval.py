@@ -19,9 +19,18 @@ def test_eval_runs_on_the_trained_tiny_checkpoint(plain_run, tmp_path):
     out = tmp_path / "eval"
     run = CliRunner().invoke(
         app,
-        ["eval", str(result.final_checkpoint), "--source", "both", "--max-new-tokens", "16",
-         "--out", str(out), "--json"],
-    )  # fmt: skip
+        [
+            "eval",
+            str(result.final_checkpoint),
+            "--source",
+            "both",
+            "--max-new-tokens",
+            "16",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert run.exit_code == 0, run.output
     for source in ("head", "lm"):
         metrics = json.loads((out / source / "metrics.json").read_text(encoding="utf-8"))

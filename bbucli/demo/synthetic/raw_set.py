@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 
-from bbucli.errors import UsageError
 from bbucli.demo.synthetic.canvas import LABELS, SyntheticObject
 from bbucli.demo.synthetic.scene import render_scene
+from bbucli.errors import UsageError
 
 #: Every Chinese label path the generator can write (a subset of the real raw labels).
 KNOWN_ZH_LABELS: frozenset[str] = frozenset(zh for zh, _ in LABELS.values())

@@ -19,6 +19,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bbucli.schema import Problem
+from bbucli.train.config.overrides import apply_overrides, read_yaml
+from bbucli.train.config.passthrough import train_argument_problems
+from bbucli.train.config.problems import (
+    InvalidConfigError,
+    mark_overrides,
+    schema_problems,
+    short_repr,
+    unknown_key,
+)
 from bbucli.train.config.schema import (
     GROUPS,
     MAX_PIXELS,
@@ -34,24 +44,30 @@ from bbucli.train.config.schema import (
     OptimSection,
     TrainSection,
 )
-from bbucli.train.config.overrides import apply_overrides, read_yaml
-from bbucli.train.config.passthrough import train_argument_problems
-from bbucli.train.config.problems import (
-    InvalidConfigError,
-    Problem,
-    mark_overrides,
-    schema_problems,
-    short_repr,
-    unknown_key,
-)
 from bbucli.train.config.validation import Target, semantic_problems
 
 __all__ = [
-    "BbuConfig", "ModelSection", "DataSection", "DetectionSection", "LossSection", "LearningRates",
-    "OptimSection", "TrainSection", "InvalidConfigError", "Problem", "Target",
-    "load_config", "build_config", "validate_config", "describe_config",
-    "GROUPS", "MIN_PIXELS", "MAX_PIXELS", "SECTIONS", "PATH_KEYS",
-]  # fmt: skip
+    "BbuConfig",
+    "ModelSection",
+    "DataSection",
+    "DetectionSection",
+    "LossSection",
+    "LearningRates",
+    "OptimSection",
+    "TrainSection",
+    "InvalidConfigError",
+    "Problem",
+    "Target",
+    "load_config",
+    "build_config",
+    "validate_config",
+    "describe_config",
+    "GROUPS",
+    "MIN_PIXELS",
+    "MAX_PIXELS",
+    "SECTIONS",
+    "PATH_KEYS",
+]
 
 
 def load_config(
@@ -72,9 +88,14 @@ def load_config(
     path = Path(path).expanduser().absolute()
     raw, problems = read_yaml(path)
     return build_config(
-        raw, base_dir=path.parent, overrides=overrides, target=target,
-        check_paths=check_paths, source=str(path), problems=problems,
-    )  # fmt: skip
+        raw,
+        base_dir=path.parent,
+        overrides=overrides,
+        target=target,
+        check_paths=check_paths,
+        source=str(path),
+        problems=problems,
+    )
 
 
 def build_config(
@@ -109,7 +130,7 @@ def build_config(
             # remaining train keys (bf16 on CPU, batch size with packing, ...) still run.
             found = train_argument_problems(given, path="train")
             all_problems += found
-            bad = {p.path.removeprefix("train.") for p in found}
+            bad = {p.where.removeprefix("train.") for p in found}
             given = {k: v for k, v in given.items() if k not in bad}
         try:
             sections[name] = model.model_validate(given)
@@ -121,9 +142,12 @@ def build_config(
     elif deepspeed is None or isinstance(deepspeed, dict):
         sections["deepspeed"] = deepspeed
     else:
-        all_problems.append(Problem(
-            "deepspeed", f"must be null, a path to a DeepSpeed JSON or a mapping, got {short_repr(deepspeed)}"
-        ))  # fmt: skip
+        all_problems.append(
+            Problem(
+                "deepspeed",
+                f"must be null, a path to a DeepSpeed JSON or a mapping, got {short_repr(deepspeed)}",
+            )
+        )
     # Every check whose sections validated runs, so one pass reports every problem.
     all_problems += semantic_problems(sections, target=target, check_paths=check_paths)
     if all_problems:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from bbucli.errors import ConfigError
-from bbucli.train.config.problems import Problem
+from bbucli.schema import Problem
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # Exponent floats PyYAML's YAML 1.1 resolver misses: no dot (2e-5, 1E4) or an unsigned exponent
@@ -166,10 +166,12 @@ def apply_overrides(
                 child = node[key] = {}
             if not isinstance(child, dict):
                 where = ".".join(keys[: depth + 1])
-                problems.append(Problem(
-                    "override",
-                    f"{text!r}: {where} is {child!r}, not a mapping; override {where} as a whole",
-                ))  # fmt: skip
+                problems.append(
+                    Problem(
+                        "override",
+                        f"{text!r}: {where} is {child!r}, not a mapping; override {where} as a whole",
+                    )
+                )
                 break
             node = child
         else:

@@ -19,7 +19,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from bbucli.train.config.problems import Problem, short_repr
+from bbucli.schema import Problem
+from bbucli.train.config.problems import short_repr
 
 # TrainingArguments fields that a bbu section sets (BbuConfig.training_arguments fills them in).
 OWNED_ELSEWHERE: dict[str, str] = {

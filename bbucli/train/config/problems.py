@@ -1,8 +1,9 @@
-"""A config's problems: the `Problem` record, the one error that lists them, message helpers.
+"""A config's problems: the one error that lists them, and message helpers.
 
-`InvalidConfigError` (a `ConfigError`, exit code 2) carries every problem found in one pass, each
-with its YAML path (`optim.lrs.llm`, `train.learning_rat`, `line 12`, `override`), sorted by
-section. `schema_problems` turns pydantic's errors into problems with a "did you mean".
+A config problem is a `bbucli.schema.Problem` whose `where` is its YAML path (`optim.lrs.llm`,
+`train.learning_rat`, `line 12`, `override`). `InvalidConfigError` (a `ConfigError`, exit code 2)
+carries every problem found in one pass, sorted by section. `schema_problems` turns pydantic's
+errors into problems with a "did you mean".
 """
 
 from __future__ import annotations
@@ -10,25 +11,14 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from bbucli.errors import ConfigError
+from bbucli.schema import Problem
 
 SECTION_ORDER = ("model", "data", "detection", "loss", "optim", "train", "deepspeed")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a config: `path` is the dotted YAML path (or `line N` / `override`)."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
 
 
 class InvalidConfigError(ConfigError):
@@ -114,14 +104,14 @@ def mark_overrides(problems: list[Problem], applied: list[tuple[str, ...]]) -> l
     """Say which problems come from a command-line override."""
     paths = {".".join(keys) for keys in applied}
     return [
-        Problem(p.path, f"{p.message} (from an override)") if p.path in paths else p
+        Problem(p.where, f"{p.message} (from an override)") if p.where in paths else p
         for p in problems
     ]
 
 
 def _section_order(problem: Problem) -> int:
     """Sort key: file and override problems, unknown sections, then sections in schema order."""
-    head = problem.path.split(".")[0].split("[")[0]
+    head = problem.where.split(".")[0].split("[")[0]
     if head.startswith("line ") or head == "override":
         return 0
     return SECTION_ORDER.index(head) + 2 if head in SECTION_ORDER else 1

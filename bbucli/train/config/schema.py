@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
+from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from bbucli.loss.costs import DEFAULT_COSTS
+from bbucli.loss.weights import DEFAULT_WEIGHTS
 from bbucli.train.config.overrides import dump_yaml
 from bbucli.train.config.passthrough import train_argument_problems
 
@@ -32,8 +35,8 @@ Bool = Annotated[bool, Strict()]
 Float = Annotated[float, Strict()]  # ints are accepted
 Str = Annotated[str, Strict()]
 
-MIN_PIXELS = 4 * 28 * 28
-MAX_PIXELS = 512 * 28 * 28
+MIN_PIXELS = DEFAULT_MIN_PIXELS  # the names `loading` re-exports
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 GROUPS = ("vision", "merger", "llm", "detection", "adapter")
 
 
@@ -191,38 +194,34 @@ class DetectionSection(_Section):
 class LossSection(_Section):
     """total = teacher_weight*teacher_lm + student_weight*student_lm + bbox_l1_weight*l1
     + bbox_giou_weight*giou + objectness_weight*obj + caption_weight*caption, with the Hungarian
-    matcher's costs and the objectness focal loss. Names mirror `bbucli.loss.multitask`."""
+    matcher's costs and the objectness focal loss. Names and defaults come from
+    `bbucli.loss.weights.LossWeights` and `bbucli.loss.costs.MatchCosts`."""
 
-    teacher_weight: Float = Field(
-        1.0, ge=0.0, description="weight of the LM loss on the teachers' answers"
-    )
-    student_weight: Float = Field(
-        1.0, ge=0.0, description="weight of the LM loss on the student's answer"
-    )
-    bbox_l1_weight: Float = Field(
-        5.0, ge=0.0, description="weight of the L1 box loss of matched queries"
-    )
-    bbox_giou_weight: Float = Field(
-        2.0, ge=0.0, description="weight of the GIoU loss of matched queries"
-    )
-    objectness_weight: Float = Field(2.0, ge=0.0, description="weight of the objectness focal loss")
-    caption_weight: Float = Field(
-        1.0, ge=0.0, description="weight of the caption loss (only with detection.captions)"
-    )
-    cost_obj: Float = Field(2.0, ge=0.0, description="Hungarian matching cost of objectness")
-    cost_bbox: Float = Field(
-        5.0, ge=0.0, description="Hungarian matching cost of the L1 box distance"
-    )
-    cost_giou: Float = Field(2.0, ge=0.0, description="Hungarian matching cost of the GIoU")
-    cost_center: Float = Field(0.0, ge=0.0, description=(
+    teacher_weight: Float = Field(DEFAULT_WEIGHTS.teacher_weight, ge=0.0, description=(
+        "weight of the LM loss on the teachers' answers"))
+    student_weight: Float = Field(DEFAULT_WEIGHTS.student_weight, ge=0.0, description=(
+        "weight of the LM loss on the student's answer"))
+    bbox_l1_weight: Float = Field(DEFAULT_WEIGHTS.bbox_l1_weight, ge=0.0, description=(
+        "weight of the L1 box loss of matched queries"))
+    bbox_giou_weight: Float = Field(DEFAULT_WEIGHTS.bbox_giou_weight, ge=0.0, description=(
+        "weight of the GIoU loss of matched queries"))
+    objectness_weight: Float = Field(DEFAULT_WEIGHTS.objectness_weight, ge=0.0, description=(
+        "weight of the objectness focal loss"))
+    caption_weight: Float = Field(DEFAULT_WEIGHTS.caption_weight, ge=0.0, description=(
+        "weight of the caption loss (only with detection.captions)"))
+    cost_obj: Float = Field(DEFAULT_COSTS.cost_obj, ge=0.0, description=(
+        "Hungarian matching cost of objectness"))
+    cost_bbox: Float = Field(DEFAULT_COSTS.cost_bbox, ge=0.0, description=(
+        "Hungarian matching cost of the L1 box distance"))
+    cost_giou: Float = Field(DEFAULT_COSTS.cost_giou, ge=0.0, description=(
+        "Hungarian matching cost of the GIoU"))
+    cost_center: Float = Field(DEFAULT_COSTS.cost_center, ge=0.0, description=(
         "Hungarian matching cost of a query whose token cell is outside the target box grown by half "
         "a cell (a spatial prior: objects match the queries around them; 0: off, 100: a hard rule)"))
-    focal_alpha: Float = Field(
-        0.25, description="objectness focal loss alpha (weight of positives)"
-    )
-    focal_gamma: Float = Field(
-        2.0, ge=0.0, description="objectness focal loss gamma (focusing exponent)"
-    )
+    focal_alpha: Float = Field(DEFAULT_COSTS.focal_alpha, description=(
+        "objectness focal loss alpha (weight of positives)"))
+    focal_gamma: Float = Field(DEFAULT_COSTS.focal_gamma, ge=0.0, description=(
+        "objectness focal loss gamma (focusing exponent)"))
     aux: Bool = Field(
         True, description="detection losses on every decoder layer, not just the last"
     )
@@ -375,17 +374,18 @@ class BbuConfig(_Section):
         return kwargs
 
 
+# Section name -> its model, in schema order (the deepspeed field is a value, not a section).
 SECTIONS: dict[str, type[BaseModel]] = {
-    "model": ModelSection, "data": DataSection, "detection": DetectionSection,
-    "loss": LossSection, "optim": OptimSection, "train": TrainSection,
-}  # fmt: skip
+    name: field.annotation for name, field in BbuConfig.model_fields.items() if name != "deepspeed"
+}
 # Where a value is a filesystem path (relative ones resolve against the YAML's folder).
-PATH_KEYS: tuple[tuple[str, ...], ...] = (
-    ("model", "path"), ("data", "train"), ("data", "val"), ("data", "teachers"),
-    ("data", "image_root"), ("data", "taxonomy"), ("train", "output_dir"), ("train", "resume"),
-    ("deepspeed",),
-)  # fmt: skip
-
+PATH_KEYS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(key.split("."))
+    for key in (
+        "model.path", "data.train", "data.val", "data.teachers", "data.image_root",
+        "data.taxonomy", "train.output_dir", "train.resume", "deepspeed",
+    )
+)
 
 def _sorted(value: Any) -> Any:
     if isinstance(value, dict):

@@ -4,7 +4,8 @@
 than one row per device, flash-attention without flash-attn, fp16 weights with DeepSpeed bf16,
 max_tokens_per_batch < max_tokens, ...), missing files and a bad DeepSpeed JSON. Each check runs
 when the sections it reads validated, so one pass lists every problem. The `train` section's
-pass-through keys are checked in `bbucli.train.config.passthrough`. Everything returns `Problem`s;
+pass-through keys are checked in `bbucli.train.config.passthrough`, the DeepSpeed JSON in
+`bbucli.train.config.deepspeed_checks`. Everything returns `Problem`s;
 `InvalidConfigError` carries them all in one exit-code-2 error.
 """
 
@@ -16,11 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from bbucli.train.config.problems import Problem
+from bbucli.geometry import PIXELS_PER_TOKEN
+from bbucli.loss.weights import LossWeights
+from bbucli.schema import Problem
+from bbucli.train.config.deepspeed_checks import deepspeed_problems, effective_dtype
 
 Target = Literal["auto", "cpu", "gpu"]
-
-PIXELS_PER_TOKEN = 28 * 28  # one merged vision token covers 28x28 pixels
 
 
 def semantic_problems(
@@ -41,11 +43,8 @@ def semantic_problems(
         problems += _data_problems(data, check_paths)
     if detection is not None:
         problems += _detection_problems(detection, model, check_paths)
-    if loss is not None:
-        weights = ("teacher_weight", "student_weight", "bbox_l1_weight", "bbox_giou_weight",
-                   "objectness_weight", "caption_weight")  # fmt: skip
-        if all(getattr(loss, w) == 0 for w in weights):
-            problems.append(Problem("loss", "every loss weight is 0: nothing would be learned"))
+    if loss is not None and all(getattr(loss, w) == 0 for w in LossWeights.__dataclass_fields__):
+        problems.append(Problem("loss", "every loss weight is 0: nothing would be learned"))
     if optim is not None:
         if all(v == 0 for v in optim.lrs.model_dump().values()):
             problems.append(
@@ -61,17 +60,19 @@ def semantic_problems(
     if model is not None and data is not None:
         image_tokens = model.max_pixels // PIXELS_PER_TOKEN
         if image_tokens >= data.max_tokens:
-            problems.append(Problem(
-                "data.max_tokens",
-                f"{data.max_tokens} cannot hold one image at model.max_pixels ({image_tokens} vision "
-                "tokens): every full-size student would be skipped",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "data.max_tokens",
+                    f"{data.max_tokens} cannot hold one image at model.max_pixels ({image_tokens} vision "
+                    "tokens): every full-size student would be skipped",
+                )
+            )
     if model is not None and train is not None:
         problems += _precision_problems(model, args, gpu)
     if data is not None and train is not None:
         problems += _batch_problems(data, args)
     if has_ds and sections["deepspeed"] is not None:
-        problems += _deepspeed_problems(sections["deepspeed"], model, train, args, gpu)
+        problems += deepspeed_problems(sections["deepspeed"], model, train, args, gpu)
     return problems
 
 
@@ -88,25 +89,32 @@ def _on_gpu(target: Target, args: Mapping[str, Any]) -> bool:
 def _model_problems(model: Any, gpu: bool, check_paths: bool) -> list[Problem]:
     problems = []
     if model.min_pixels < PIXELS_PER_TOKEN * 4 or model.min_pixels > model.max_pixels:
-        problems.append(Problem(
-            "model.min_pixels",
-            f"need {4 * PIXELS_PER_TOKEN} <= min_pixels <= max_pixels, got {model.min_pixels} and {model.max_pixels}",
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                "model.min_pixels",
+                f"need {4 * PIXELS_PER_TOKEN} <= min_pixels <= max_pixels, got {model.min_pixels} and {model.max_pixels}",
+            )
+        )
     if not gpu and model.dtype in ("bf16", "fp16"):
-        problems.append(Problem(
-            "model.dtype", f"{model.dtype} on a CPU-only run: use fp32 on CPU (bf16 is 17-28x slower there)"
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                "model.dtype",
+                f"{model.dtype} on a CPU-only run: use fp32 on CPU (bf16 is 17-28x slower there)",
+            )
+        )
     if model.attn == "flash_attention_2":
         if not gpu:
             problems.append(
                 Problem("model.attn", "flash_attention_2 needs a CUDA GPU; use sdpa on CPU")
             )
         elif importlib.util.find_spec("flash_attn") is None:
-            problems.append(Problem(
-                "model.attn",
-                "flash_attention_2 but the flash-attn package is not installed "
-                "(pip install 'bbucli[gpu]', or use attn auto/sdpa: the packed path is exact with sdpa)",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "model.attn",
+                    "flash_attention_2 but the flash-attn package is not installed "
+                    "(pip install 'bbucli[gpu]', or use attn auto/sdpa: the packed path is exact with sdpa)",
+                )
+            )
         elif model.dtype == "fp32":
             problems.append(
                 Problem(
@@ -117,10 +125,12 @@ def _model_problems(model: Any, gpu: bool, check_paths: bool) -> list[Problem]:
     if check_paths and model.path != "tiny":
         folder = Path(model.path)
         if not folder.is_dir():
-            problems.append(Problem(
-                "model.path",
-                f"{folder} does not exist: use 'tiny' or a local Qwen2.5-VL-3B/7B-Instruct folder (nothing is downloaded)",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "model.path",
+                    f"{folder} does not exist: use 'tiny' or a local Qwen2.5-VL-3B/7B-Instruct folder (nothing is downloaded)",
+                )
+            )
         elif not (folder / "config.json").is_file():
             problems.append(
                 Problem(
@@ -139,14 +149,19 @@ def _data_problems(data: Any, check_paths: bool) -> list[Problem]:
         )
     if data.packing:
         if data.batch_size > 1:
-            problems.append(Problem(
-                "data.batch_size", "packing makes one row per step itself: size it with data.max_tokens_per_batch"
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "data.batch_size",
+                    "packing makes one row per step itself: size it with data.max_tokens_per_batch",
+                )
+            )
         if data.max_tokens_per_batch < data.max_tokens:
-            problems.append(Problem(
-                "data.max_tokens_per_batch",
-                f"{data.max_tokens_per_batch} < data.max_tokens {data.max_tokens}: a full-length sample would not fit a packed row",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "data.max_tokens_per_batch",
+                    f"{data.max_tokens_per_batch} < data.max_tokens {data.max_tokens}: a full-length sample would not fit a packed row",
+                )
+            )
     if not check_paths:
         return problems
     hint = "make it with `bbu convert RAW_DIR OUT.jsonl`"
@@ -165,17 +180,22 @@ def _data_problems(data: Any, check_paths: bool) -> list[Problem]:
 def _detection_problems(detection: Any, model: Any, check_paths: bool) -> list[Problem]:
     problems = []
     if detection.width % 4 or detection.width % detection.heads:
-        problems.append(Problem(
-            "detection.width", f"{detection.width} must be divisible by 4 and by detection.heads ({detection.heads})"
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                "detection.width",
+                f"{detection.width} must be divisible by 4 and by detection.heads ({detection.heads})",
+            )
+        )
     layers = _llm_layers(model, check_paths) if model is not None else None
     layer = detection.text_layer
     if layers is not None and not (1 <= layer <= layers or -layers <= layer <= -1):
-        problems.append(Problem(
-            "detection.text_layer",
-            f"{layer} is not a decoder layer of the {layers}-layer model: "
-            f"use 1..{layers} or -{layers}..-1 (-1: the final output)",
-        ))  # fmt: skip
+        problems.append(
+            Problem(
+                "detection.text_layer",
+                f"{layer} is not a decoder layer of the {layers}-layer model: "
+                f"use 1..{layers} or -{layers}..-1 (-1: the final output)",
+            )
+        )
     return problems
 
 
@@ -201,11 +221,13 @@ def _train_problems(
     problems = []
     for flag in ("bf16", "fp16"):
         if args.get(flag) is True and not gpu:
-            problems.append(Problem(
-                f"train.{flag}",
-                f"{flag} mixed precision on a CPU-only run (torch.cuda.is_available() is False "
-                "or train.use_cpu): train in fp32 on CPU",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    f"train.{flag}",
+                    f"{flag} mixed precision on a CPU-only run (torch.cuda.is_available() is False "
+                    "or train.use_cpu): train in fp32 on CPU",
+                )
+            )
     if args.get("bf16") is True and args.get("fp16") is True:
         problems.append(Problem("train.fp16", "bf16 and fp16 are both on: choose one"))
     if args.get("load_best_model_at_end") is True and str(args.get("eval_strategy", "no")) == "no":
@@ -235,134 +257,36 @@ def _batch_problems(data: Any, args: Mapping[str, Any]) -> list[Problem]:
     per_device = args.get("per_device_train_batch_size")
     if isinstance(per_device, int) and not isinstance(per_device, bool):
         if data.packing and per_device > 1:
-            problems.append(Problem(
-                "train.per_device_train_batch_size",
-                f"{per_device} with data.packing: packing makes one row per step itself "
-                "(size it with data.max_tokens_per_batch, or set data.packing=false)",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "train.per_device_train_batch_size",
+                    f"{per_device} with data.packing: packing makes one row per step itself "
+                    "(size it with data.max_tokens_per_batch, or set data.packing=false)",
+                )
+            )
         elif not data.packing and per_device != data.batch_size:
-            problems.append(Problem(
-                "train.per_device_train_batch_size",
-                f"{per_device} conflicts with data.batch_size {data.batch_size}: set data.batch_size only",
-            ))  # fmt: skip
+            problems.append(
+                Problem(
+                    "train.per_device_train_batch_size",
+                    f"{per_device} conflicts with data.batch_size {data.batch_size}: set data.batch_size only",
+                )
+            )
     return problems
 
 
 def _precision_problems(model: Any, args: Mapping[str, Any], gpu: bool) -> list[Problem]:
-    dtype = _effective_dtype(model, gpu)
+    dtype = effective_dtype(model, gpu)
     problems = []
     if args.get("bf16") is True and dtype == "fp16":
         problems.append(
             Problem("model.dtype", "fp16 weights with train.bf16 mixed precision: use bf16 or fp32")
         )
     if args.get("fp16") is True and dtype == "bf16":
-        problems.append(Problem(
-            "model.dtype",
-            f"{model.dtype} (bf16 weights) with train.fp16: fp16 loss scaling cannot unscale bf16 gradients; "
-            "use model.dtype fp32 with train.fp16, or train.bf16",
-        ))  # fmt: skip
-    return problems
-
-
-def _effective_dtype(model: Any, gpu: bool) -> str:
-    """What `load_model` gives: an explicit dtype, else fp32 for tiny / on CPU, bf16 for a folder on GPU."""
-    if model.dtype != "auto":
-        return model.dtype
-    return "bf16" if gpu and model.path != "tiny" else "fp32"
-
-
-def _deepspeed_problems(
-    deepspeed: Path | dict[str, Any], model: Any, train: Any, args: Mapping[str, Any], gpu: bool
-) -> list[Problem]:
-    if importlib.util.find_spec("deepspeed") is None:
-        return [
-            Problem("deepspeed", "the deepspeed package is not installed (pip install deepspeed)")
-        ]
-    if isinstance(deepspeed, Path):
-        if not deepspeed.is_file():
-            return [
-                Problem(
-                    "deepspeed",
-                    f"{deepspeed} does not exist (shipped: configs/deepspeed/zero2.json, zero3.json)",
-                )
-            ]
-        try:
-            ds = json.loads(deepspeed.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            return [
-                Problem(
-                    "deepspeed", f"{deepspeed}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"
-                )
-            ]
-        except (OSError, UnicodeDecodeError) as exc:
-            return [Problem("deepspeed", f"cannot read {deepspeed}: {exc}")]
-        if not isinstance(ds, dict):
-            return [Problem("deepspeed", f"{deepspeed} must hold a JSON object")]
-    else:
-        ds = deepspeed
-    problems = []
-    zero = ds.get("zero_optimization", {})
-    if not isinstance(zero, dict):
-        problems.append(Problem("deepspeed.zero_optimization", "must be a mapping"))
-    else:
-        stage = zero.get("stage", 0)
-        if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-            problems.append(
-                Problem("deepspeed.zero_optimization.stage", f"must be 0, 1, 2 or 3, got {stage!r}")
+        problems.append(
+            Problem(
+                "model.dtype",
+                f"{model.dtype} (bf16 weights) with train.fp16: fp16 loss scaling cannot unscale bf16 gradients; "
+                "use model.dtype fp32 with train.fp16, or train.bf16",
             )
-    if "optimizer" in ds:
-        problems.append(Problem(
-            "deepspeed.optimizer",
-            "remove it: bbu builds the optimizer (per-group learning rates from optim.lrs)",
-        ))  # fmt: skip
-    enabled = {"bf16": False, "fp16": False}
-    for flag in ("bf16", "fp16"):
-        section = ds.get(flag, {})
-        if not isinstance(section, dict):
-            problems.append(
-                Problem(
-                    f"deepspeed.{flag}",
-                    f'must be a mapping like {{"enabled": "auto"}}, got {section!r}',
-                )
-            )
-            continue
-        value = section.get("enabled", False)
-        if not (isinstance(value, bool) or value == "auto"):
-            problems.append(
-                Problem(
-                    f"deepspeed.{flag}.enabled", f'must be true, false or "auto", got {value!r}'
-                )
-            )
-            value = False
-        given = "enabled" in section
-        if (
-            given
-            and train is not None
-            and isinstance(value, bool)
-            and args.get(flag, False) is not value
-        ):
-            problems.append(Problem(
-                f"deepspeed.{flag}.enabled",
-                f"{str(value).lower()} disagrees with train.{flag} {str(args.get(flag, False)).lower()} "
-                '(the Trainer refuses the mismatch; "auto" follows train)',
-            ))  # fmt: skip
-        enabled[flag] = value is True or (value == "auto" and args.get(flag) is True)
-        if value is True and not gpu:
-            problems.append(
-                Problem(
-                    f"deepspeed.{flag}.enabled", f"{flag} on a CPU-only run: train in fp32 on CPU"
-                )
-            )
-    if enabled["bf16"] and enabled["fp16"]:
-        problems.append(Problem("deepspeed", "bf16 and fp16 both enabled: choose one"))
-    if model is not None:
-        dtype = _effective_dtype(model, gpu)
-        if enabled["bf16"] and dtype == "fp16":
-            problems.append(
-                Problem("model.dtype", "fp16 weights with DeepSpeed bf16 enabled: use bf16 or fp32")
-            )
-        if enabled["fp16"] and dtype == "bf16":
-            problems.append(
-                Problem("model.dtype", "bf16 weights with DeepSpeed fp16 enabled: use fp16 or fp32")
-            )
+        )
     return problems

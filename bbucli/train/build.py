@@ -1,0 +1,324 @@
+"""Everything a run builds before training, one named step each, in the order `build_run` calls
+them: the conversation (processor, taxonomy, prompts), the datasets, the caption vocabulary, the
+model, the loss, the `TrainingArguments` and the `BBUTrainer`.
+
+The order is part of the behaviour: `set_seed(model.seed)` comes first, then the steps draw from
+the random generators as listed (the model's weights follow `model.seed` on their own), so a run
+and its resumed copy build the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bbucli.data.dataset import EpisodeDataset
+from bbucli.train.config.loading import GROUPS, BbuConfig, describe_config
+from bbucli.train.trainer import TrainProgress
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+    from bbucli.chat.loading import VLProcessor
+    from bbucli.chat.processor import ChatProcessor
+    from bbucli.chat.prompts import Prompts
+    from bbucli.loss.multitask import MultiTaskLoss
+    from bbucli.model.bbu_model import BBUModel
+    from bbucli.model.caption_vocab import CaptionVocab
+    from bbucli.model.trained_with import TrainedWith
+    from bbucli.train.trainer import BBUTrainer
+
+METRICS_FILE = "metrics.jsonl"
+
+# TrainingArguments bbu always sets (when this transformers version has them).
+_FIXED_ARGUMENTS = {
+    "remove_unused_columns": False,  # batches are dicts bbu builds, not HF datasets columns
+    "label_names": ["labels"],
+    "prediction_loss_only": True,
+    "disable_tqdm": True,  # progress goes through `progress`; the library never prints
+    "ddp_find_unused_parameters": False,  # the loss uses head parameters outside forward
+    "save_safetensors": True,
+}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """How episodes become model inputs: the processor (pixel limits of `model`), the chat
+    processor with the run's prompts, and the taxonomy YAML text the prompts come from."""
+
+    processor: VLProcessor
+    chat: ChatProcessor
+    prompts: Prompts
+    taxonomy_yaml: str
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """The train and val datasets, and every desc of the train episodes and the teacher pool
+    (sorted; the caption vocabulary is built from them)."""
+
+    train: EpisodeDataset
+    val: EpisodeDataset | None
+    descs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """Everything built before training."""
+
+    trainer: BBUTrainer
+    conversation: Conversation
+    datasets: Datasets
+
+
+def build_run(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) -> RunParts:
+    """Seed, then build every part of the run in order (see the module docstring)."""
+    from transformers import set_seed
+
+    set_seed(cfg.model.seed)
+    conversation = build_conversation(cfg)
+    datasets = load_datasets(cfg, conversation.chat)
+    vocab = build_vocabulary(cfg, conversation.processor, datasets.descs)
+    lrs = learning_rates(cfg)
+    model = build_model(cfg, vocab, lrs)
+    loss = build_loss(cfg, conversation.processor, vocab)
+    args = training_arguments(cfg)
+    trainer = build_trainer(cfg, model, loss, lrs, args, conversation, datasets, progress)
+    return RunParts(trainer, conversation, datasets)
+
+
+def build_conversation(cfg: BbuConfig) -> Conversation:
+    """The processor, the taxonomy (`data.taxonomy` or the built-in one) and the prompts in
+    `data.lang`, and the chat processor that renders episodes within `data.max_tokens`."""
+    from bbucli.chat.loading import load_processor
+    from bbucli.chat.processor import ChatProcessor
+    from bbucli.chat.prompts import build_prompts
+    from bbucli.taxonomy import Taxonomy, default_path
+
+    model, data = cfg.model, cfg.data
+    processor = load_processor(model.path, min_pixels=model.min_pixels, max_pixels=model.max_pixels)
+    taxonomy_file = data.taxonomy or default_path()
+    taxonomy = Taxonomy.load(taxonomy_file)
+    taxonomy_yaml = Path(taxonomy_file).read_text(encoding="utf-8")
+    prompts = build_prompts(taxonomy.descs(data.lang), data.lang, list_classes=data.prompt_classes)
+    chat = ChatProcessor(
+        processor,
+        system_prompt=prompts.system,
+        instruction=prompts.instruction,
+        max_tokens=data.max_tokens,
+        min_pixels=model.min_pixels,
+        max_pixels=model.max_pixels,
+    )
+    return Conversation(processor, chat, prompts, taxonomy_yaml)
+
+
+def load_datasets(cfg: BbuConfig, chat: ChatProcessor) -> Datasets:
+    """Read the train, teacher-pool and val JSONL files into datasets (teachers per student:
+    `data.num_teachers`; the train set re-draws them from the pool when `data.teacher_resample`)."""
+    from bbucli.schema import read_episodes
+
+    data = cfg.data
+    episodes = read_episodes(data.train)
+    pool = [e.student for e in read_episodes(data.teachers)] if data.teachers else []
+    train = EpisodeDataset(
+        episodes,
+        chat,
+        data.image_root,
+        num_teachers=data.num_teachers,
+        teacher_pool=pool,
+        resample=data.teacher_resample,
+        seed=cfg.model.seed,
+        name="train",
+    )
+    val = None
+    if data.val is not None:
+        val = EpisodeDataset(
+            read_episodes(data.val),
+            chat,
+            data.image_root,
+            num_teachers=data.num_teachers,
+            name="val",
+        )
+    descs = {o.desc for e in episodes for s in e.samples for o in s.objects}
+    descs |= {o.desc for s in pool for o in s.objects}
+    return Datasets(train, val, tuple(sorted(descs)))
+
+
+def build_vocabulary(
+    cfg: BbuConfig, processor: VLProcessor, descs: tuple[str, ...]
+) -> CaptionVocab | None:
+    """The caption vocabulary of `descs` (None when `detection.captions` is off)."""
+    from bbucli.loss.multitask import build_caption_vocab
+
+    if not cfg.detection.captions:
+        return None
+    return build_caption_vocab(processor.tokenizer, list(descs))
+
+
+def learning_rates(cfg: BbuConfig) -> dict[str, float]:
+    """Parameter group -> learning rate (`optim.lrs`; 0 freezes the group)."""
+    return {group: float(getattr(cfg.optim.lrs, group)) for group in GROUPS}
+
+
+def build_model(cfg: BbuConfig, vocab: CaptionVocab | None, lrs: dict[str, float]) -> BBUModel:
+    """Qwen2.5-VL (`model.path`, dtype and attention as configured, "auto" left to
+    `load_model`) with the detection head, whose initial weights follow `model.seed`; the groups
+    with learning rate 0 are frozen here, before any wrapping."""
+    import torch
+
+    from bbucli.model.bbu_model import BBUModel
+    from bbucli.model.loading import load_model
+    from bbucli.model.param_groups import build_param_groups
+
+    model = cfg.model
+    qwen = load_model(
+        model.path,
+        dtype=None if model.dtype == "auto" else model.dtype,
+        attn_implementation=None if model.attn == "auto" else model.attn,
+        seed=model.seed,
+    )
+    hidden = int(qwen.config.text_config.hidden_size)
+    head_config = cfg.detection.head_config(hidden, vocab.size if vocab is not None else 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model.seed)
+        bbu = BBUModel(
+            qwen,
+            head_config,
+            caption_vocab=vocab,
+            text_layer=cfg.detection.text_layer,
+            vision_source=cfg.detection.vision_source,
+        )
+    build_param_groups(bbu, lrs, cfg.optim.weight_decay)
+    return bbu
+
+
+def build_loss(cfg: BbuConfig, processor: VLProcessor, vocab: CaptionVocab | None) -> MultiTaskLoss:
+    """The multi-task loss of the `loss` section (caption targets when there is a vocabulary)."""
+    from bbucli.loss.matcher import HungarianMatcher
+    from bbucli.loss.multitask import CaptionTargets, LossWeights, MultiTaskLoss
+
+    loss = cfg.loss
+    weights = LossWeights(**{k: getattr(loss, k) for k in LossWeights.__dataclass_fields__})
+    matcher = HungarianMatcher(
+        cost_obj=loss.cost_obj,
+        cost_bbox=loss.cost_bbox,
+        cost_giou=loss.cost_giou,
+        cost_center=loss.cost_center,
+        focal_alpha=loss.focal_alpha,
+        focal_gamma=loss.focal_gamma,
+    )
+    captions = None
+    if vocab:
+        captions = CaptionTargets(processor.tokenizer, vocab, cfg.detection.caption_max_len)
+    return MultiTaskLoss(
+        weights,
+        matcher=matcher,
+        captions=captions,
+        aux=loss.aux,
+        token_aux=loss.token_aux,
+        lm_max_tokens=loss.lm_max_tokens,
+        token_matches=loss.token_matches,
+    )
+
+
+def training_arguments(cfg: BbuConfig) -> TrainingArguments:
+    """`TrainingArguments` of the config, plus what bbu always sets (`_FIXED_ARGUMENTS`)."""
+    import torch
+    from transformers import TrainingArguments
+
+    from bbucli.train.config.passthrough import training_argument_fields
+
+    kwargs = cfg.training_arguments()
+    if not torch.cuda.is_available():
+        # accelerate only sets up a CPU process group (gloo) with use_cpu: without it, every rank
+        # a launcher starts on a machine without GPUs believes it is alone (world size 1).
+        kwargs.setdefault("use_cpu", True)
+    known = set(training_argument_fields())
+    for key, value in _FIXED_ARGUMENTS.items():
+        if key in known:
+            kwargs.setdefault(key, value)
+    return TrainingArguments(**kwargs)
+
+
+def trained_with(cfg: BbuConfig) -> TrainedWith:
+    """What every checkpoint of the run records of its config for inference."""
+    from bbucli.model.trained_with import TrainedWith
+
+    data = cfg.data
+    return TrainedWith(
+        lang=data.lang,
+        prompt_classes=data.prompt_classes,
+        max_tokens=data.max_tokens,
+        num_teachers=data.num_teachers,
+        taxonomy=data.taxonomy,
+        val=data.val,
+    )
+
+
+def build_trainer(
+    cfg: BbuConfig,
+    model: BBUModel,
+    loss: MultiTaskLoss,
+    lrs: dict[str, float],
+    args: TrainingArguments,
+    conversation: Conversation,
+    datasets: Datasets,
+    progress: Callable[[TrainProgress], None] | None,
+) -> BBUTrainer:
+    """The `BBUTrainer`: batching of the `data` section, checkpoints in the bbu layout (with the
+    resolved config, taxonomy, prompts and `TrainedWith`), metrics.jsonl, and `progress` in place
+    of the Trainer's own printing."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    from bbucli.data.collators import PackedDataCollator, StandardDataCollator
+    from bbucli.model.checkpoint import save_checkpoint
+    from bbucli.train.trainer import Batching, BBUTrainer, MetricsFile, ProgressReporter
+
+    data, processor = cfg.data, conversation.processor
+    config_yaml = describe_config(cfg)
+    facts = trained_with(cfg)
+
+    def save_fn(folder: Path, bbu: BBUModel, extra: dict[str, Any]) -> None:
+        save_checkpoint(
+            folder,
+            bbu,
+            processor,
+            config_yaml=config_yaml,
+            taxonomy_yaml=conversation.taxonomy_yaml,
+            extra=extra,
+            prompts=conversation.prompts,
+            trained_with=facts,
+        )
+
+    collator = PackedDataCollator() if data.packing else StandardDataCollator(_pad_id(processor))
+    callbacks = [MetricsFile(Path(cfg.train.output_dir) / METRICS_FILE)]
+    if progress is not None:
+        callbacks.append(ProgressReporter(progress))
+    batching = Batching(
+        data.packing, data.max_tokens_per_batch, data.batch_size, data.group_by_length
+    )
+    trainer = BBUTrainer(
+        model,
+        args=args,
+        loss=loss,
+        lrs=lrs,
+        image_token_id=processor.image_token_id,
+        batching=batching,
+        save_fn=save_fn,
+        train_dataset=datasets.train,
+        eval_dataset=datasets.val,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    for default in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(default)
+    return trainer
+
+
+def _pad_id(processor: VLProcessor) -> int:
+    """The tokenizer's pad id, else `<|endoftext|>`'s."""
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.convert_tokens_to_ids("<|endoftext|>"))
