@@ -30,6 +30,7 @@ _PUBLIC: dict[str, str] = {
     "HeadConfig": "bbucli.model.head",
     "CaptionVocab": "bbucli.model.caption_vocab",
     "HungarianMatcher": "bbucli.loss.matcher",
+    "hungarian_matcher": "bbucli.loss.matcher",
     "DetectionCriterion": "bbucli.loss.detection",
     "evaluate": "bbucli.evaluation",
     "EvalResult": "bbucli.evaluation",

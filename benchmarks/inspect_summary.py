@@ -165,18 +165,24 @@ def main() -> None:
         folder = Path(tmp)
         paths = write_variants(folder, base_records(folder), args.episodes)
         print(f"{args.episodes} episodes per file (1 teacher + 1 student each), 532x728 JPEGs\n")
-        print(f"{'file':<11} {'summary eps/s':>14} {'decode eps/s':>13} {'pipeline eps/s':>15} "
-              f"{'x decode':>9} {'x pipeline':>11}")  # fmt: skip
+        print(
+            f"{'file':<11} {'summary eps/s':>14} {'decode eps/s':>13} {'pipeline eps/s':>15} "
+            f"{'x decode':>9} {'x pipeline':>11}"
+        )
         limit = args.baseline_episodes
         for name, path in paths.items():
             summary = median_rate(lambda p=path: summarize(p).episodes, args.repeat)
             decode = median_rate(lambda p=path: decode_all(p, limit), args.repeat)
             pipeline = median_rate(lambda p=path: process_all(p, limit), max(1, args.repeat - 2))
-            print(f"{name:<11} {summary:>14,.0f} {decode:>13,.0f} {pipeline:>15,.1f} "
-                  f"{summary / decode:>8.1f}x {summary / pipeline:>10.0f}x")  # fmt: skip
+            print(
+                f"{name:<11} {summary:>14,.0f} {decode:>13,.0f} {pipeline:>15,.1f} "
+                f"{summary / decode:>8.1f}x {summary / pipeline:>10.0f}x"
+            )
         final = summarize(paths["distinct"])
-        print(f"\nsummary of 'distinct': {final.episodes} episodes, {final.images} images, "
-              f"tokens median {final.tokens.median:g}, {len(final.problems)} problems")  # fmt: skip
+        print(
+            f"\nsummary of 'distinct': {final.episodes} episodes, {final.images} images, "
+            f"tokens median {final.tokens.median:g}, {len(final.problems)} problems"
+        )
 
 
 if __name__ == "__main__":

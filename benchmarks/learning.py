@@ -100,8 +100,11 @@ class SaveRecorder:
         elif train.kind == "save" and train.path is not None:
             save_s = train.elapsed_s - self.step_end_s.get(train.step, train.elapsed_s)
             self.saves.append(Save(train.step, train.elapsed_s, demo_s, save_s, train.path))
-            print(f"[{demo_s:7.1f} s] saved {train.path.name} (step {train.step}/{train.max_steps}, "
-                  f"{train.elapsed_s:.1f} s of training)", flush=True)  # fmt: skip
+            print(
+                f"[{demo_s:7.1f} s] saved {train.path.name} (step {train.step}/{train.max_steps}, "
+                f"{train.elapsed_s:.1f} s of training)",
+                flush=True,
+            )
         elif train.kind == "end":
             self.end = (train.elapsed_s, demo_s)
 
@@ -120,9 +123,13 @@ def machine() -> dict[str, object]:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version(),
-    }  # fmt: skip
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+    }
 
 
 def machine_line(info: dict[str, object]) -> str:
@@ -159,18 +166,34 @@ def evaluate_saves(recorder: SaveRecorder, result: DemoResult) -> list[CurvePoin
             print(f"{save.path} is gone (deleted by the rotation?): skipped", file=sys.stderr)
             continue
         print(f"evaluating {save.path.name} ({i}/{len(todo)})", flush=True)
-        run = evaluate_checkpoint(save.path, val, None, sources=("head",), write=False,
-                                  hypotheses=DEMO_HYPOTHESES)
+        run = evaluate_checkpoint(
+            save.path, val, None, sources=("head",), write=False, hypotheses=DEMO_HYPOTHESES
+        )
         coco = run.sources[0].result.coco
-        points.append(CurvePoint(
-            save.step, save.train_s, save.demo_s, coco.get("AP50"), coco.get("AP"), str(save.path), save.save_s,
-        ))  # fmt: skip
+        points.append(
+            CurvePoint(
+                save.step,
+                save.train_s,
+                save.demo_s,
+                coco.get("AP50"),
+                coco.get("AP"),
+                str(save.path),
+                save.save_s,
+            )
+        )
     at_last = next((s for s in recorder.saves if s.step == last_step), None)
     train_s, demo_s = recorder.end or (result.train.runtime_s, result.seconds)
-    points.append(CurvePoint(
-        last_step, at_last.train_s if at_last else train_s, at_last.demo_s if at_last else demo_s,
-        result.ap50, result.ap, str(result.checkpoint), at_last.save_s if at_last else 0.0,
-    ))  # fmt: skip
+    points.append(
+        CurvePoint(
+            last_step,
+            at_last.train_s if at_last else train_s,
+            at_last.demo_s if at_last else demo_s,
+            result.ap50,
+            result.ap,
+            str(result.checkpoint),
+            at_last.save_s if at_last else 0.0,
+        )
+    )
     return sorted(points, key=lambda p: (p.step, p.checkpoint == str(result.checkpoint)))
 
 
@@ -180,9 +203,13 @@ def _f(value: float | None) -> str:
 
 def render_table(rows: Sequence[CurvePoint]) -> str:
     """The text table: step | train s | demo s | save s | AP50 | AP | checkpoint folder."""
-    lines = [f"{'step':>6}{'train s':>10}{'demo s':>10}{'save s':>9}{'AP50':>8}{'AP':>8}  checkpoint"]
+    lines = [
+        f"{'step':>6}{'train s':>10}{'demo s':>10}{'save s':>9}{'AP50':>8}{'AP':>8}  checkpoint"
+    ]
     for r in rows:
-        lines.append(f"{r.step:>6}{r.train_s:>10.1f}{r.demo_s:>10.1f}{r.save_s:>9.1f}{_f(r.ap50):>8}{_f(r.ap):>8}  {Path(r.checkpoint).name}")
+        lines.append(
+            f"{r.step:>6}{r.train_s:>10.1f}{r.demo_s:>10.1f}{r.save_s:>9.1f}{_f(r.ap50):>8}{_f(r.ap):>8}  {Path(r.checkpoint).name}"
+        )
     return "\n".join(lines)
 
 
@@ -219,7 +246,12 @@ def render_curve(rows: Sequence[CurvePoint], title: str) -> Image.Image:
         draw.line([(left, py), (right, py)], fill=(228, 228, 228))
         draw.text((left - 32, py - 7), f"{y:.1f}", fill=(60, 60, 60), font=small)
     draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    draw.text(((left + right) // 2 - 170, bottom + 28), "training seconds (checkpoint evaluation not counted)", fill=(0, 0, 0), font=small)
+    draw.text(
+        ((left + right) // 2 - 170, bottom + 28),
+        "training seconds (checkpoint evaluation not counted)",
+        fill=(0, 0, 0),
+        font=small,
+    )
     draw.text((8, top - 22), "AP (head, val split)", fill=(0, 0, 0), font=small)
 
     _, ty = at(0, AP50_TARGET)
@@ -228,7 +260,10 @@ def render_curve(rows: Sequence[CurvePoint], title: str) -> Image.Image:
     draw.text((right - 90, ty - 18), "AP50 target", fill=TARGET_COLOR, font=small)
 
     # AP50 wide underneath, AP narrow on top: where they are equal (both 0 early on) both show.
-    series = (("AP50", AP50_COLOR, [r.ap50 for r in rows], 6), ("AP (0.5:0.95)", AP_COLOR, [r.ap for r in rows], 3))
+    series = (
+        ("AP50", AP50_COLOR, [r.ap50 for r in rows], 6),
+        ("AP (0.5:0.95)", AP_COLOR, [r.ap for r in rows], 3),
+    )
     for _, color, values, width in series:
         points = [at(r.train_s, v) for r, v in zip(rows, values, strict=True) if v is not None]
         if len(points) > 1:
@@ -253,12 +288,25 @@ def plot_curve(rows: Sequence[CurvePoint], png: str | Path, title: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="demo folder (default: runs/learning-<timestamp>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="demo folder (default: runs/learning-<timestamp>)"
+    )
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--minutes", type=float, default=None, help="the demo's time budget (default: the demo's)")
-    length.add_argument("--steps", type=int, default=None, help="training steps instead of a budget")
-    parser.add_argument("--every", type=int, default=None, help="save (and evaluate) a checkpoint every K steps (default: the config's save_steps)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the demo (default: the demo's)")
+    length.add_argument(
+        "--minutes", type=float, default=None, help="the demo's time budget (default: the demo's)"
+    )
+    length.add_argument(
+        "--steps", type=int, default=None, help="training steps instead of a budget"
+    )
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=None,
+        help="save (and evaluate) a checkpoint every K steps (default: the config's save_steps)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the demo (default: the demo's)"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "learning.json")
     parser.add_argument("--png", type=Path, default=RESULTS / "learning.png")
     args = parser.parse_args()
@@ -279,22 +327,33 @@ def main() -> None:
     rows = evaluate_saves(recorder, result)
 
     info = machine()
-    seed = args.seed if args.seed is not None else inspect.signature(run_demo).parameters["seed"].default
+    seed = (
+        args.seed
+        if args.seed is not None
+        else inspect.signature(run_demo).parameters["seed"].default
+    )
     minutes = args.minutes  # None: the demo planned no time budget (a step count)
     print()
     print(render_table(rows))
-    print(f"\n{result.max_steps} steps, seed {seed}, demo {result.seconds / 60:.1f} min in all "
-          f"({result.train.runtime_s:.0f} s training); out {result.out_dir}")  # fmt: skip
+    print(
+        f"\n{result.max_steps} steps, seed {seed}, demo {result.seconds / 60:.1f} min in all "
+        f"({result.train.runtime_s:.0f} s training); out {result.out_dir}"
+    )
     print(f"machine: {machine_line(info)}")
 
     title = f"bbu demo: {result.max_steps} steps, {result.seconds / 60:.1f} min in all\n{machine_line(info)}"
     png = plot_curve(rows, args.png, title)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "machine": info, "max_steps": result.max_steps, "seed": seed, "minutes": minutes,
-        "every": args.every, "planned_from_s": result.planned_from_s, "rows": [asdict(r) for r in rows],
+        "machine": info,
+        "max_steps": result.max_steps,
+        "seed": seed,
+        "minutes": minutes,
+        "every": args.every,
+        "planned_from_s": result.planned_from_s,
+        "rows": [asdict(r) for r in rows],
         "demo": result.to_dict(),
-    }  # fmt: skip
+    }
     args.json.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.json} and {png}")
 

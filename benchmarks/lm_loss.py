@@ -102,8 +102,16 @@ def child(variant: str, fraction: float, seq_len: int, chunk: int, threads: int)
         high = _rss_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = high * 1024 - before
         how = "VmHWM - VmRSS" if exact else "ru_maxrss - VmRSS (upper bound)"
-    return {"variant": variant, "fraction": fraction, "chunk": chunk_size, "loss": loss,
-            "peak_bytes": peak, "seconds": seconds, "supervised": supervised, "how": how}  # fmt: skip
+    return {
+        "variant": variant,
+        "fraction": fraction,
+        "chunk": chunk_size,
+        "loss": loss,
+        "peak_bytes": peak,
+        "seconds": seconds,
+        "supervised": supervised,
+        "how": how,
+    }
 
 
 def main() -> None:
@@ -122,15 +130,32 @@ def main() -> None:
     print(
         f"tiny Qwen2.5-VL, vocab 151936, fp32, one row of {args.seq_len} tokens, forward + backward"
     )
-    columns = [("supervised", 12), ("variant", 22), ("chunk", 6), ("peak MiB", 9),
-               ("vs full", 8), ("s/step", 7), ("loss", 8)]  # fmt: skip
+    columns = [
+        ("supervised", 12),
+        ("variant", 22),
+        ("chunk", 6),
+        ("peak MiB", 9),
+        ("vs full", 8),
+        ("s/step", 7),
+        ("loss", 8),
+    ]
     print(" ".join(f"{name:>{width}}" for name, width in columns))
     for fraction in args.fractions:
         rows = []
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--child", variant, str(fraction),
-                   "--seq-len", str(args.seq_len), "--chunk", str(args.chunk),
-                   "--threads", str(args.threads)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                str(fraction),
+                "--seq-len",
+                str(args.seq_len),
+                "--chunk",
+                str(args.chunk),
+                "--threads",
+                str(args.threads),
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         full = rows[0]["peak_bytes"]

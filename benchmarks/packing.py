@@ -76,11 +76,15 @@ def per_sample_sdpa(module, query, key, value, attention_mask, scaling=None, dro
     starts = torch.nonzero(kwargs["position_ids"][0] == 0).flatten().tolist() + [query.shape[2]]
     parts = [
         F.scaled_dot_product_attention(
-            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-            is_causal=True, scale=scaling, enable_gqa=True,
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=True,
         )
         for a, b in zip(starts[:-1], starts[1:], strict=True)
-    ]  # fmt: skip
+    ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -133,14 +137,18 @@ def length_mix(folder: Path, max_tokens: int) -> tuple[list[int], list[tuple[Pat
 
 
 def print_padding(title: str, lengths: list[int], batch_size: int, budgets: list[int]) -> None:
-    print(f"{title}: {len(lengths)} episodes, tokens min {min(lengths)} / median "
-          f"{statistics.median(lengths):g} / max {max(lengths)}")  # fmt: skip
+    print(
+        f"{title}: {len(lengths)} episodes, tokens min {min(lengths)} / median "
+        f"{statistics.median(lengths):g} / max {max(lengths)}"
+    )
     for budget in budgets:
         s = batching_stats(lengths, batch_size, budget)
-        print(f"  B={batch_size}: pad {100 * s.standard_pad_file_order:5.1f}% file order, "
-              f"{100 * s.standard_pad_sorted:5.1f}% length-sorted | packed {budget}: "
-              f"{100 * s.packed_unused:4.1f}% of the budget unused, {s.packed_bins} bins "
-              f"({s.samples_per_bin:.1f} samples/bin), no pad tokens")  # fmt: skip
+        print(
+            f"  B={batch_size}: pad {100 * s.standard_pad_file_order:5.1f}% file order, "
+            f"{100 * s.standard_pad_sorted:5.1f}% length-sorted | packed {budget}: "
+            f"{100 * s.packed_unused:4.1f}% of the budget unused, {s.packed_bins} bins "
+            f"({s.samples_per_bin:.1f} samples/bin), no pad tokens"
+        )
 
 
 def main() -> None:
@@ -154,8 +162,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")  # fmt: skip
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} CPUs; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         lengths, episodes = length_mix(Path(tmp), args.max_tokens)
@@ -188,8 +198,10 @@ def main() -> None:
             set_text_attention(model, VARLEN)
             diff = (forward_hidden(model, rows[0], packed=True) - reference).abs().max().item()
             set_text_attention(model, "sdpa")
-        print(f"\nstep time on {len(samples)} episodes ({real:,} real tokens), median of "
-              f"{args.repeat}; per-sample attention == sdpa mask within {diff:.1e}")  # fmt: skip
+        print(
+            f"\nstep time on {len(samples)} episodes ({real:,} real tokens), median of "
+            f"{args.repeat}; per-sample attention == sdpa mask within {diff:.1e}"
+        )
 
         configs = (
             ("padded, file order", padded_file, False, "sdpa"),
@@ -216,13 +228,17 @@ def main() -> None:
             results = {name: statistics.median(t) for name, t in times.items()}
             for name, batches, _, _ in configs:
                 slots = sum(batch["input_ids"].numel() for batch in batches)
-                print(f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
-                      f"({100 * (1 - real / slots):4.1f}% pad): {results[name]:6.2f} s, "
-                      f"{1e6 * results[name] / real:6.1f} us/real token")  # fmt: skip
+                print(
+                    f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
+                    f"({100 * (1 - real / slots):4.1f}% pad): {results[name]:6.2f} s, "
+                    f"{1e6 * results[name] / real:6.1f} us/real token"
+                )
             for name in ("packed, sdpa mask", "packed, per-sample attention"):
-                print(f"  -> {name}: {results['padded, file order'] / results[name]:.2f}x padded "
-                      f"file order, {results['padded, length-sorted'] / results[name]:.2f}x padded "
-                      "length-sorted (per real token)")  # fmt: skip
+                print(
+                    f"  -> {name}: {results['padded, file order'] / results[name]:.2f}x padded "
+                    f"file order, {results['padded, length-sorted'] / results[name]:.2f}x padded "
+                    "length-sorted (per real token)"
+                )
 
 
 if __name__ == "__main__":

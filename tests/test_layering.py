@@ -79,9 +79,9 @@ def sibling_cycles(sources: dict[Path, str]) -> list[str]:
     for path, source in sources.items():
         own = _own_part(path)
         for _, name in _imports(source):
-            if name.startswith("bbucli.") and (target := _part(name)) != own:
-                if LAYERS.get(target) is not None and LAYERS.get(target) == LAYERS.get(own):
-                    edges[own].add(target)
+            target = _part(name) if name.startswith("bbucli.") else None
+            if target not in (None, own) and LAYERS.get(target, -1) == LAYERS.get(own):
+                edges[own].add(target)
     cycles = []
 
     def walk(node: str, trail: list[str]) -> None:

@@ -157,6 +157,20 @@ class HungarianMatcher(MatchCosts):
         return self.match_layers([(pred_logits, pred_boxes)], targets, step=step, anchors=anchors)[0]
 
 
+def hungarian_matcher(
+    pred_logits: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    targets: Sequence[torch.Tensor],
+    *,
+    step: int | None = None,
+    anchors: torch.Tensor | None = None,
+    **costs: float,
+) -> list[MatchIndices]:
+    """`HungarianMatcher(**costs)(pred_logits, pred_boxes, targets)`: the 0.1 function, kept so that
+    `bbucli.hungarian_matcher` still works. `costs` are `MatchCosts` fields (cost_obj, ...)."""
+    return HungarianMatcher(**costs)(pred_logits, pred_boxes, targets, step=step, anchors=anchors)
+
+
 def center_prior_outside(anchors: torch.Tensor, tgt_boxes: torch.Tensor) -> torch.Tensor:
     """(K, Q, N) bool: True where query q's anchor centre is outside target n's box grown by half
     the anchor's size on each side, i.e. where the query's cell neither holds a part of the target

@@ -52,8 +52,17 @@ from bbucli.train.checkpoint_dirs import (
 
 # Also the public names of the callbacks and checkpoint folders, which callers import from here.
 __all__ = [
-    "BBUTrainer", "Batching", "SaveFn", "TrainingDiverged", "TrainProgress", "MetricsFile",
-    "ProgressReporter", "CHECKPOINT_PREFIX", "RESUME_WEIGHTS", "TRAINER_STATE", "latest_checkpoint",
+    "BBUTrainer",
+    "Batching",
+    "SaveFn",
+    "TrainingDiverged",
+    "TrainProgress",
+    "MetricsFile",
+    "ProgressReporter",
+    "CHECKPOINT_PREFIX",
+    "RESUME_WEIGHTS",
+    "TRAINER_STATE",
+    "latest_checkpoint",
 ]
 
 
@@ -94,8 +103,14 @@ class _Meter:
         self.capacity = 0
         self.since = time.perf_counter()
 
-    def add(self, breakdown: LossBreakdown, batch: Mapping[str, Any], image_token_id: int,
-            row_budget: int | None, started: float) -> None:  # fmt: skip
+    def add(
+        self,
+        breakdown: LossBreakdown,
+        batch: Mapping[str, Any],
+        image_token_id: int,
+        row_budget: int | None,
+        started: float,
+    ) -> None:
         if self.since is None:
             self.since = started
         # The total is the Trainer's own `loss` (averaged over ranks); the components are added.
@@ -115,7 +130,9 @@ class _Meter:
             self.padding += ids.numel() - real
             self.capacity += ids.numel()
 
-    def flush(self, prefix: str = "", world_size: int = 1, throughput: bool = True) -> dict[str, float]:
+    def flush(
+        self, prefix: str = "", world_size: int = 1, throughput: bool = True
+    ) -> dict[str, float]:
         out = {f"{prefix}{k}": float(v) / self.counts[k] for k, v in self.sums.items()}
         if throughput and self.tokens:
             elapsed = max(time.perf_counter() - (self.since or time.perf_counter()), 1e-9)
@@ -216,7 +233,9 @@ class BBUTrainer(Trainer):
 
     def _diverged(self, step: int, what: str) -> None:
         last = latest_checkpoint(self.args.output_dir)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        kept = (
+            f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        )
         raise TrainingDiverged(
             f"training diverged at step {step}: {what}; the run stopped before the optimizer step, {kept}",
             hint="lower optim.lrs (or raise train.warmup_steps), check that step's data with "
@@ -306,8 +325,11 @@ class BBUTrainer(Trainer):
                     from safetensors.torch import save_file
 
                     folder.mkdir(parents=True, exist_ok=True)
-                    save_file(_resume_state(self.model), str(folder / RESUME_WEIGHTS),
-                              metadata={"format": "pt"})  # fmt: skip
+                    save_file(
+                        _resume_state(self.model),
+                        str(folder / RESUME_WEIGHTS),
+                        metadata={"format": "pt"},
+                    )
         # Other ranks write into the same folder next (DeepSpeed's engine state): not before the
         # main process has put the folder in place.
         if self.args.world_size > 1:
@@ -320,7 +342,9 @@ class BBUTrainer(Trainer):
         if self.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3:
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            with deepspeed.zero.GatheredParameters(
+                list(self.model.parameters()), modifier_rank=None
+            ):
                 yield
         else:
             yield

@@ -138,9 +138,16 @@ def test_aux_keys_and_the_matching_of_every_layer():
     outputs, targets = make_batch(6, [3, 1], layers=3)
     result = DetectionCriterion()(outputs, targets, num_boxes=4.0)
     assert set(result.losses) == {
-        "l1", "giou", "objectness",
-        "l1_0", "giou_0", "objectness_0", "l1_1", "giou_1", "objectness_1",
-    }  # fmt: skip
+        "l1",
+        "giou",
+        "objectness",
+        "l1_0",
+        "giou_0",
+        "objectness_0",
+        "l1_1",
+        "giou_1",
+        "objectness_1",
+    }
     boxes = [t.boxes for t in targets]
     expected = HungarianMatcher().match_layers([(o.logits, o.boxes) for o in outputs], boxes)
     assert len(result.indices) == 3
@@ -151,7 +158,9 @@ def test_aux_keys_and_the_matching_of_every_layer():
     assert set(final_only.losses) == {"l1", "giou", "objectness"}
     torch.testing.assert_close(final_only.losses["l1"], result.losses["l1"])
     assert len(final_only.indices) == 1
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(final_only.indices[0], expected[-1], strict=True))
+    assert all(
+        torch.equal(a[0], b[0]) for a, b in zip(final_only.indices[0], expected[-1], strict=True)
+    )
 
 
 def test_objectness_uses_the_matchers_focal_parameters():
@@ -163,9 +172,12 @@ def test_objectness_uses_the_matchers_focal_parameters():
     indices = matcher(outputs[0].logits, outputs[0].boxes, [targets[0].boxes])
     is_object = torch.zeros_like(outputs[0].logits)
     is_object[0, indices[0][0]] = 1.0
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        outputs[0].logits, is_object, reduction="sum"
-    ) / 2.0
+    expected = (
+        torch.nn.functional.binary_cross_entropy_with_logits(
+            outputs[0].logits, is_object, reduction="sum"
+        )
+        / 2.0
+    )
     torch.testing.assert_close(bce["objectness"], expected)
     assert not torch.isclose(plain["objectness"], bce["objectness"])
 

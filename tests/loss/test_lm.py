@@ -58,8 +58,12 @@ def forward(qwen, batch, with_labels: bool = True):
     kwargs = {k: batch[k] for k in ("input_ids", "position_ids", "pixel_values", "image_grid_thw")}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
-    out = qwen(**kwargs, labels=batch["labels"] if with_labels else None, use_cache=False,
-               output_hidden_states=True)  # fmt: skip
+    out = qwen(
+        **kwargs,
+        labels=batch["labels"] if with_labels else None,
+        use_cache=False,
+        output_hidden_states=True,
+    )
     return out.hidden_states[-1], out.logits, out.loss
 
 
@@ -188,10 +192,19 @@ def test_max_tokens_scores_a_reproducible_subset_with_an_unbiased_mean():
     hidden, head, labels, segment = _synthetic_lm()
     full = lm_losses(hidden, labels, segment, head)
     n = int(full.teacher_tokens + full.student_tokens)
-    assert lm_losses(hidden, labels, segment, head, max_tokens=n).mean.item() == pytest.approx(full.mean.item())
+    assert lm_losses(hidden, labels, segment, head, max_tokens=n).mean.item() == pytest.approx(
+        full.mean.item()
+    )
 
     def draw(seed):
-        return lm_losses(hidden, labels, segment, head, max_tokens=7, generator=torch.Generator().manual_seed(seed))
+        return lm_losses(
+            hidden,
+            labels,
+            segment,
+            head,
+            max_tokens=7,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     one, again, other = draw(3), draw(3), draw(4)
     assert int(one.teacher_tokens + one.student_tokens) == 7

@@ -237,3 +237,15 @@ def test_center_prior_matches_a_target_to_the_queries_around_it():
         [(logits, boxes), (logits, boxes)], target, anchors=anchors
     )
     assert [layer[0][0].tolist() for layer in layers] == [[1], [1]]
+
+
+def test_the_public_function_equals_the_matcher_object() -> None:
+    # `bbucli.hungarian_matcher` (the 0.1 name) must stay the matcher with the same costs.
+    from bbucli import hungarian_matcher
+
+    gen = torch.Generator().manual_seed(3)
+    logits, boxes = torch.randn(2, 6, generator=gen), torch.rand(2, 6, 4, generator=gen) * 0.5 + 0.2
+    targets = [torch.rand(3, 4, generator=gen) * 0.4 + 0.3, torch.zeros(0, 4)]
+    got = hungarian_matcher(logits, boxes, targets, cost_bbox=1.0)
+    want = HungarianMatcher(cost_bbox=1.0)(logits, boxes, targets)
+    assert [(p.tolist(), t.tolist()) for p, t in got] == [(p.tolist(), t.tolist()) for p, t in want]

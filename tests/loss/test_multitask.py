@@ -1,4 +1,4 @@
-"""The multi-task loss: weights, components, captions on matched queries only, gradients to every
+"""The multi-task loss: components, captions on matched queries only, gradients to every
 parameter group, and a short CPU overfit of the whole tiny BBUModel on synthetic rectangles."""
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from bbucli.geometry import box_iou, cxcywh_to_xyxy
 from bbucli.loss.matcher import HungarianMatcher
 from bbucli.loss.multitask import (
     CaptionTargets,
-    LossWeights,
     MultiTaskLoss,
     build_caption_vocab,
     caption_token_ids,
-    total_loss,
 )
+from bbucli.loss.weights import LossWeights, total_loss
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.caption_vocab import EOS, PAD
 from bbucli.model.loading import load_model
@@ -57,8 +56,10 @@ def rectangles_set(root: Path, n_images: int, seed: int = 0) -> list[Episode]:
                 w, h = rng.randint(24, 56), rng.randint(24, 56)
                 x, y = rng.randint(0, 112 - w), rng.randint(0, 112 - h)
                 box = (x, y, x + w, y + h)
-                if all(box[2] <= o[0] or o[2] <= box[0] or box[3] <= o[1] or o[3] <= box[1]
-                       for o in (d.bbox_2d for d in objects)):  # fmt: skip
+                if all(
+                    box[2] <= o[0] or o[2] <= box[0] or box[3] <= o[1] or o[3] <= box[1]
+                    for o in (d.bbox_2d for d in objects)
+                ):
                     objects.append(DetObject(box, desc))
                     draw.rectangle((x, y, x + w - 1, y + h - 1), fill=COLOURS[desc])
                     break
@@ -103,33 +104,6 @@ def make_loss(processor, vocab, **weights) -> MultiTaskLoss:
 
 
 # ---- weights ----------------------------------------------------------------------------------
-
-
-def test_total_loss_weights_every_component_and_its_auxiliaries() -> None:
-    weights = LossWeights(teacher_weight=0.5, student_weight=2.0, bbox_l1_weight=5.0,
-                          bbox_giou_weight=3.0, objectness_weight=7.0, caption_weight=0.0)  # fmt: skip
-    losses = {"teacher_lm": 1.0, "student_lm": 10.0, "l1": 100.0, "l1_0": 1000.0, "giou": 1e4,
-              "objectness": 1e5, "objectness_0": 1e6, "objectness_token": 1e7, "caption": 1e8}  # fmt: skip
-    total = total_loss(
-        {k: torch.tensor(v, dtype=torch.float64) for k, v in losses.items()}, weights
-    )
-    expected = 0.5 + 20 + 5 * 1100 + 3e4 + 7 * (1e5 + 1e6 + 1e7)
-    assert float(total) == pytest.approx(expected)
-
-
-def test_total_loss_refuses_unknown_components_and_all_zero_weights() -> None:
-    with pytest.raises(KeyError, match="focal"):
-        total_loss({"focal": torch.tensor(1.0)}, LossWeights())
-    zero = LossWeights(*(0.0,) * 6)
-    with pytest.raises(ValueError, match="every loss weight is 0"):
-        total_loss({"l1": torch.tensor(1.0)}, zero)
-
-
-def test_loss_weights_must_be_finite_and_non_negative() -> None:
-    with pytest.raises(ValueError, match="caption_weight=-1"):
-        LossWeights(caption_weight=-1.0)
-    with pytest.raises(ValueError, match="bbox_l1_weight=nan"):
-        LossWeights(bbox_l1_weight=float("nan"))
 
 
 def test_caption_targets_tokenise_descs_into_the_compact_vocabulary(processor, vocab) -> None:
@@ -211,9 +185,17 @@ def test_center_prior_reaches_the_caption_matching(processor, vocab, samples) ->
         for b in range(len(samples)):
             gh, gw = (int(v) for v in out.grid_hw[b])
             n = head.query_index[b]
-            cells.append(torch.stack(((n % gw + 0.5) / gw, (n // gw + 0.5) / gh,
-                                      torch.full_like(n, 1.0 / gw, dtype=torch.float32),
-                                      torch.full_like(n, 1.0 / gh, dtype=torch.float32)), -1).float())  # fmt: skip
+            cells.append(
+                torch.stack(
+                    (
+                        (n % gw + 0.5) / gw,
+                        (n // gw + 0.5) / gh,
+                        torch.full_like(n, 1.0 / gw, dtype=torch.float32),
+                        torch.full_like(n, 1.0 / gh, dtype=torch.float32),
+                    ),
+                    -1,
+                ).float()
+            )
         anchors = torch.stack(cells)
         prior = HungarianMatcher(cost_center=100.0)
         with_prior = prior(head.pred_logits, head.pred_boxes, boxes, anchors=anchors)
@@ -221,9 +203,15 @@ def test_center_prior_reaches_the_caption_matching(processor, vocab, samples) ->
         assert any(not torch.equal(a[0], b[0]) for a, b in zip(with_prior, without, strict=True))
         loss = MultiTaskLoss(LossWeights(), captions=captions, matcher=prior)
         caption = float(loss(model, out, batch).losses["caption"])
-        plain = float(MultiTaskLoss(LossWeights(), captions=captions)(model, out, batch).losses["caption"])
-        assert caption == pytest.approx(caption_loss_of(model, processor, vocab, samples, head, with_prior), rel=1e-5)
-        assert plain == pytest.approx(caption_loss_of(model, processor, vocab, samples, head, without), rel=1e-5)
+        plain = float(
+            MultiTaskLoss(LossWeights(), captions=captions)(model, out, batch).losses["caption"]
+        )
+        assert caption == pytest.approx(
+            caption_loss_of(model, processor, vocab, samples, head, with_prior), rel=1e-5
+        )
+        assert plain == pytest.approx(
+            caption_loss_of(model, processor, vocab, samples, head, without), rel=1e-5
+        )
     for b, (queries, _) in enumerate(with_prior):
         # Every matched query's cell touches its object here (small images, few objects).
         assert len(queries) == len(boxes[b])
@@ -261,8 +249,12 @@ def test_caption_loss_reuses_the_criterions_matching(processor, vocab, samples) 
     with torch.no_grad():
         out = model(batch)
         result = MultiTaskLoss(LossWeights(), captions=captions, matcher=matcher)(model, out, batch)
-        real = HungarianMatcher()(out.head.pred_logits, out.head.pred_boxes, [s.gt_boxes for s in samples])
-        assert any(not torch.equal(q, torch.arange(len(q))) for q, _ in real)  # a different matching
+        real = HungarianMatcher()(
+            out.head.pred_logits, out.head.pred_boxes, [s.gt_boxes for s in samples]
+        )
+        assert any(
+            not torch.equal(q, torch.arange(len(q))) for q, _ in real
+        )  # a different matching
         expected = caption_loss_of(model, processor, vocab, samples, out.head, matcher.last_layer)
     assert matcher.calls == 2  # the decoder's layers and the token stage: none for the captions
     assert float(result.losses["caption"]) == pytest.approx(expected, rel=1e-5)
@@ -369,9 +361,11 @@ def test_whole_model_overfits_a_handful_of_images(processor, vocab, tmp_path) ->
     print(
         f"\noverfit: {sum(len(g) for g in gt_boxes)} boxes, {time.perf_counter() - start:.1f} s, "
         f"AP50 {before:.3f} -> {after:.3f}, "
-        + ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in
-                    ("loss", "teacher_lm", "student_lm", "l1", "giou", "objectness", "caption"))
-    )  # fmt: skip
+        + ", ".join(
+            f"{k} {first[k]:.3f} -> {last[k]:.3f}"
+            for k in ("loss", "teacher_lm", "student_lm", "l1", "giou", "objectness", "caption")
+        )
+    )
     assert before < 0.2
     assert after >= 0.7
     assert last["loss"] < first["loss"] / 5
@@ -379,7 +373,9 @@ def test_whole_model_overfits_a_handful_of_images(processor, vocab, tmp_path) ->
         assert last[name] < first[name] / 2, name
 
 
-def test_token_boxes_add_one_to_many_box_losses_on_the_token_stage(processor, vocab, samples) -> None:
+def test_token_boxes_add_one_to_many_box_losses_on_the_token_stage(
+    processor, vocab, samples
+) -> None:
     model = make_model(vocab, token_boxes=True)
     batch = PackedDataCollator()(samples)
     captions = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])

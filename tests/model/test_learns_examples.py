@@ -23,8 +23,6 @@ from bbucli.chat.loading import load_processor
 from bbucli.chat.processor import ChatProcessor
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset
 from bbucli.data.collators import PackedDataCollator
-from bbucli.model.bbu_model import BBUModel
-from bbucli.model.loading import load_model
 from bbucli.loss.multitask import (
     CaptionTargets,
     LossWeights,
@@ -32,6 +30,8 @@ from bbucli.loss.multitask import (
     build_caption_vocab,
     caption_token_ids,
 )
+from bbucli.model.bbu_model import BBUModel
+from bbucli.model.loading import load_model
 from bbucli.model.param_groups import GROUPS, build_param_groups
 from bbucli.schema import read_episodes
 

@@ -47,7 +47,9 @@ def test_roi_sample_reads_the_lattice_over_each_box_of_its_own_image():
     canvas_h, canvas_w = 80, 100
     hf, wf = canvas_h // STEM_STRIDE, canvas_w // STEM_STRIDE
     ys, xs = torch.meshgrid(
-        (torch.arange(hf) + 0.5) * STEM_STRIDE, (torch.arange(wf) + 0.5) * STEM_STRIDE, indexing="ij"
+        (torch.arange(hf) + 0.5) * STEM_STRIDE,
+        (torch.arange(wf) + 0.5) * STEM_STRIDE,
+        indexing="ij",
     )
     features = torch.stack((xs, ys))[None].expand(2, -1, -1, -1)
     # Image 0 fills the canvas; image 1 is 60 x 40 pixels in its top-left corner.
@@ -91,9 +93,14 @@ def test_head_with_a_stem_does_not_depend_on_padding_or_the_other_image(token_bo
     (vision, vmask, grid, text, tmask), pixels, sizes = head_inputs([(3, 4), (5, 6)], [5, 9])
     both = head(vision, vmask, grid, text, tmask, pixels=pixels, pixel_hw=sizes)
     alone = head(
-        vision[:1, :12], vmask[:1, :12], grid[:1], text[:1, :5], tmask[:1, :5],
-        pixels=pixels[:1, :, :84, :112], pixel_hw=sizes[:1],
-    )  # fmt: skip
+        vision[:1, :12],
+        vmask[:1, :12],
+        grid[:1],
+        text[:1, :5],
+        tmask[:1, :5],
+        pixels=pixels[:1, :, :84, :112],
+        pixel_hw=sizes[:1],
+    )
     for batched, single in zip(both.boxes + both.logits, alone.boxes + alone.logits, strict=True):
         assert (batched[0, :12] - single[0]).abs().max() < 1e-5
     assert (both.token_logits[0, :12] - alone.token_logits[0]).abs().max() < 1e-5
@@ -148,7 +155,9 @@ def test_each_decoder_layer_reads_at_its_own_reference_box():
         read_at.append(boxes)
         return boxes.sum(-1, keepdim=True).expand(-1, -1, 32)
 
-    _, boxes, hidden = decoder(queries, reference, masks[0], memory, memory * 0, masks[1], roi=reader)
+    _, boxes, hidden = decoder(
+        queries, reference, masks[0], memory, memory * 0, masks[1], roi=reader
+    )
     assert len(read_at) == 3
     assert torch.equal(read_at[0], reference)
     for k in (1, 2):

@@ -31,11 +31,18 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY, ZERO2 = CONFIGS / "tiny.yaml", CONFIGS / "deepspeed" / "zero2.json"
 
 
-def bbu(*args: str, env: dict[str, str] | None = None, timeout: int = 400) -> subprocess.CompletedProcess:
+def bbu(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 400
+) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "bbucli", *args], capture_output=True, text=True,
-                          env=full, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bbucli", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=timeout,
+    )
 
 
 def step_losses(out: Path) -> dict[int, float]:
@@ -45,7 +52,9 @@ def step_losses(out: Path) -> dict[int, float]:
 
 def check_run(proc: subprocess.CompletedProcess, out: Path, plain_first: float) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "step 1/2  loss" in proc.stderr and "final checkpoint" in proc.stdout  # progress, summary
+    assert (
+        "step 1/2  loss" in proc.stderr and "final checkpoint" in proc.stdout
+    )  # progress, summary
     losses = step_losses(out)
     assert sorted(losses) == [1, 2]
     assert losses[1] == pytest.approx(plain_first, rel=1e-6, abs=0.0)
@@ -60,8 +69,13 @@ def test_zero2_in_one_process_gives_the_plain_first_loss(plain_run, tiny_overrid
     _, plain = plain_run
     out = tmp_path / "zero2"
     overrides = tiny_overrides(out, f"deepspeed={ZERO2}", "train.eval_strategy=no")
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port())}  # fmt: skip
+    env = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     check_run(bbu("train", str(TINY), *overrides, env=env), out, plain.losses[0][1])
     assert json.loads((out / "run.json").read_text())["world_size"] == 1
 
@@ -80,41 +94,88 @@ def test_zero2_on_two_ranks_gives_the_plain_first_loss(plain_run, tiny_overrides
 
 def test_local_rank_before_the_subcommand_is_accepted(tiny_overrides, tmp_path):
     # What `deepspeed --module bbucli train ...` runs: python -m bbucli --local_rank=0 train ...
-    proc = bbu("--local_rank=0", "train", str(TINY), *tiny_overrides(tmp_path / "lr"), "--print-config")
+    proc = bbu(
+        "--local_rank=0", "train", str(TINY), *tiny_overrides(tmp_path / "lr"), "--print-config"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# bbu ")
 
 
 def test_launch_commands(tmp_path):
-    plan = launch_command("c.yaml", ["train.max_steps=5"], gpus=4, use_deepspeed=True, master_port=1234)
+    plan = launch_command(
+        "c.yaml", ["train.max_steps=5"], gpus=4, use_deepspeed=True, master_port=1234
+    )
     assert plan.launcher == "deepspeed" and plan.argv[0] == sys.executable
-    assert plan.argv[3:] == ("deepspeed.launcher.runner", "--num_gpus", "4", "--master_port", "1234",
-                             "--no_local_rank", "--module", "bbucli", "train", "c.yaml", "train.max_steps=5")  # fmt: skip
+    assert plan.argv[3:] == (
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "4",
+        "--master_port",
+        "1234",
+        "--no_local_rank",
+        "--module",
+        "bbucli",
+        "train",
+        "c.yaml",
+        "train.max_steps=5",
+    )
     assert plan.env == {"OMP_NUM_THREADS": "1"}
     plan = launch_command("c.yaml", [], gpus=2, master_port=1234, environ={"OMP_NUM_THREADS": "4"})
     assert plan.launcher == "torchrun" and plan.env == {}
-    assert plan.argv[3:] == ("torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1", "--master_addr",
-                             "127.0.0.1", "--master_port", "1234", "-m", "bbucli", "train", "c.yaml")  # fmt: skip
+    assert plan.argv[3:] == (
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--nnodes",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        "1234",
+        "-m",
+        "bbucli",
+        "train",
+        "c.yaml",
+    )
     hosts = tmp_path / "hostfile"
     hosts.write_text("node1 slots=8\nnode2 slots=8\n")
     plan = launch_command("c.yaml", [], gpus=8, nnodes=2, hostfile=hosts)
     assert plan.launcher == "deepspeed" and ("--hostfile", str(hosts)) == plan.argv[6:8]
-    plan = launch_command("c.yaml", [], gpus=8, nnodes=2, environ={"MASTER_ADDR": "n0", "NODE_RANK": "1"})
+    plan = launch_command(
+        "c.yaml", [], gpus=8, nnodes=2, environ={"MASTER_ADDR": "n0", "NODE_RANK": "1"}
+    )
     assert "--rdzv_endpoint" in plan.argv and "n0:29500" in plan.argv
     with pytest.raises(UsageError, match="MASTER_ADDR"):
         launch_command("c.yaml", [], gpus=8, nnodes=2)
     with pytest.raises(UsageError, match="hostfile"):
-        launch_command("c.yaml", [], gpus=8, nnodes=2, use_deepspeed=True, environ={"MASTER_ADDR": "n0", "NODE_RANK": "0"})
+        launch_command(
+            "c.yaml",
+            [],
+            gpus=8,
+            nnodes=2,
+            use_deepspeed=True,
+            environ={"MASTER_ADDR": "n0", "NODE_RANK": "0"},
+        )
     with pytest.raises(UsageError, match="does not exist"):
         launch_command("c.yaml", [], gpus=2, hostfile=tmp_path / "missing")
 
 
 def test_local_rank_and_process_group_environment():
-    assert strip_local_rank(["bbu", "--local_rank=3", "train", "c.yaml"]) == (["bbu", "train", "c.yaml"], 3)
-    assert strip_local_rank(["bbu", "train", "--local-rank", "1", "c.yaml"]) == (["bbu", "train", "c.yaml"], 1)
+    assert strip_local_rank(["bbu", "--local_rank=3", "train", "c.yaml"]) == (
+        ["bbu", "train", "c.yaml"],
+        3,
+    )
+    assert strip_local_rank(["bbu", "train", "--local-rank", "1", "c.yaml"]) == (
+        ["bbu", "train", "c.yaml"],
+        1,
+    )
     assert strip_local_rank(["bbu", "train", "c.yaml"]) == (["bbu", "train", "c.yaml"], None)
     launched = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
     assert is_launched(launched) and single_process_env(launched) == {}
-    assert single_process_env({"MASTER_PORT": "2999"}) == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                                                          "MASTER_ADDR": "127.0.0.1"}  # fmt: skip
+    assert single_process_env({"MASTER_PORT": "2999"}) == {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+    }
     assert single_process_env({})["MASTER_PORT"].isdigit()
