@@ -20,10 +20,10 @@ from PIL import Image
 
 from bbucli.chat.loading import load_processor
 from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
-from bbucli.chat.rope import mrope_position_ids
 from bbucli.data.collators import PackedDataCollator, StandardDataCollator
 from bbucli.model.loading import load_model
 from bbucli.schema import DetObject, Episode, Sample
+from tests.model.bbu_batches import text_only_sample as text_only
 
 TOL = 1e-4
 PAD = 151643
@@ -35,37 +35,8 @@ def processor():
 
 
 def text_only_sample(processor) -> ChatProcessorOutput:
-    """A 0-image conversation with one answer, built like ChatProcessor's output."""
-    messages = [
-        {"role": "system", "content": "Find objects."},
-        {"role": "user", "content": "No image this time, answer with an empty list."},
-        {"role": "assistant", "content": "[]"},
-    ]
-    tok = processor.tokenizer
-    prompt = tok(processor.apply_chat_template(messages[:2], add_generation_prompt=True))[
-        "input_ids"
-    ]
-    full = tok(processor.apply_chat_template(messages))["input_ids"]
-    ids = torch.tensor(full)
-    segment = torch.zeros(len(full), dtype=torch.int8)
-    segment[len(prompt) : len(full) - 1] = 2  # the answer and its <|im_end|>, not the final "\n"
-    position_ids, delta = mrope_position_ids(ids, None, 2, processor.image_token_id)
-    return ChatProcessorOutput(
-        input_ids=ids,
-        labels=torch.where(segment > 0, ids, -100),
-        segment=segment,
-        mm_token_type_ids=torch.zeros(len(full), dtype=torch.int32),
-        position_ids=position_ids,
-        rope_delta=delta,
-        pixel_values=torch.zeros(0, 1176),
-        image_grid_thw=torch.zeros(0, 3, dtype=torch.long),
-        gt_boxes=torch.zeros(0, 4),
-        gt_descs=(),
-        prompt_end=len(prompt),
-        student_turn_start=int(torch.nonzero(ids == 151644)[1]),  # the user turn's <|im_start|>
-        student_image_span=(len(prompt), len(prompt)),  # no image: empty
-        student_wh=(0, 0),
-    )
+    """A 0-image sample (`tests/model/bbu_batches.py` builds it like ChatProcessor's output)."""
+    return text_only(processor, "No image this time, answer with an empty list.")
 
 
 @pytest.fixture(scope="module")

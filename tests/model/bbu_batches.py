@@ -37,11 +37,11 @@ def episode(student: str, teacher: str | None = None, boxes=((1, 2, 30, 40),)) -
     return Episode(student=Sample((student,), objects), teachers=teachers)
 
 
-def text_only_sample(processor) -> ChatProcessorOutput:
+def text_only_sample(processor, question: str = "No image this time.") -> ChatProcessorOutput:
     """A 0-image conversation with one answer, built like ChatProcessor's output."""
     messages = [
         {"role": "system", "content": "Find objects."},
-        {"role": "user", "content": "No image this time."},
+        {"role": "user", "content": question},
         {"role": "assistant", "content": "[]"},
     ]
     tok = processor.tokenizer
