@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,24 @@ def sort_objects(objects: Iterable[DetObject]) -> tuple[DetObject, ...]:
     return tuple(sorted(objects, key=lambda o: (o.bbox_2d[1], o.bbox_2d[0], o.bbox_2d, o.desc)))
 
 
+#: Boxes an `outside_image` message lists before "and N more".
+OUTSIDE_SHOWN = 3
+
+
+def objects_outside(objects: Iterable[DetObject], width: int, height: int) -> list[DetObject]:
+    """The objects whose box reaches past a `width` x `height` stored image: x2 > width or
+    y2 > height (x1, y1 >= 0 is checked when reading). A box ending on the edge (x2 == width)
+    is inside: pixel coordinates are edges, and rounding puts boxes there."""
+    return [o for o in objects if o.bbox_2d[2] > width or o.bbox_2d[3] > height]
+
+
+def outside_image(image: str, width: int, height: int, outside: Sequence[DetObject]) -> str:
+    """`N box(es) outside the WxH image IMAGE: [x1, y1, x2, y2] desc; ...` (the first few)."""
+    shown = "; ".join(f"{list(o.bbox_2d)} {o.desc}" for o in outside[:OUTSIDE_SHOWN])
+    more = f" and {len(outside) - OUTSIDE_SHOWN} more" if len(outside) > OUTSIDE_SHOWN else ""
+    return f"{len(outside)} box(es) outside the {width}x{height} image {image}: {shown}{more}"
+
+
 def _object_from_dict(raw: Any, where: str) -> DetObject:
     if not isinstance(raw, dict):
         raise ValueError(f"{where} must be an object, got {type(raw).__name__}")
@@ -165,23 +183,50 @@ def episode_from_dict(raw: Any) -> Episode:
 def iter_episodes(path: str | Path) -> Iterator[tuple[int, Episode | RecordError]]:
     """Yield `(line_number, episode or RecordError)` for every non-blank line of a JSONL file.
 
-    Never raises for a bad record, so callers can report each one and go on.
+    Never raises for a bad record (not UTF-8, not JSON, not an episode), so callers can report
+    each one and go on. Raises SchemaError when the file cannot be opened or is not text at all
+    (`is_binary`: an image or an archive passed as the JSONL).
     """
     path = Path(path)
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise SchemaError(f"cannot open {path}: {exc.strerror}", hint="check the path") from exc
     with handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
+        if is_binary(handle.read(SNIFF_BYTES)):
+            raise SchemaError(
+                f"{path} is not a JSONL file: it holds binary data (an image or an archive?)",
+                hint="pass the .jsonl written by `bbu convert`",
+            )
+        handle.seek(0)
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = f"byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}"
+                yield line_no, RecordError(path, line_no, f"not UTF-8 text: {bad}")
                 continue
             try:
                 yield line_no, episode_from_dict(json.loads(line))
             except json.JSONDecodeError as exc:
-                yield line_no, RecordError(path, line_no, f"invalid JSON: {exc.msg} at column {exc.colno}")
+                message = f"invalid JSON: {exc.msg} at column {exc.colno}"
+                yield line_no, RecordError(path, line_no, message)
+            except RecursionError:
+                yield line_no, RecordError(path, line_no, "invalid JSON: nested too deeply")
             except ValueError as exc:
                 yield line_no, RecordError(path, line_no, str(exc))
+
+
+#: How much of a file `iter_episodes` reads to tell text from binary data.
+SNIFF_BYTES = 8192
+
+
+def is_binary(head: bytes) -> bool:
+    """Whether the first bytes of a file are binary data: JSONL text never holds a NUL byte,
+    while images (JPEG, PNG, WebP, TIFF) and archives carry them in their headers."""
+    return b"\x00" in head
 
 
 def read_episodes(path: str | Path) -> list[Episode]:
@@ -205,16 +250,27 @@ def dumps_record(record: Mapping[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
+def new_file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the process umask). A temp file from
+    `tempfile` is 0o600; an atomic writer sets this before its rename, so outputs on a shared
+    machine are as readable as any other file the user writes."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the whole new one, never a part.
 
-    Writes a temporary file in the same folder, fsyncs it and renames it over `path`.
+    Writes a temporary file in the same folder, fsyncs it and renames it over `path`; the file
+    gets the umask's mode (`new_file_mode`), not the temp file's 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            os.chmod(tmp, new_file_mode())
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

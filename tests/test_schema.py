@@ -14,6 +14,8 @@ from bbucli.schema import (
     Sample,
     episode_from_dict,
     iter_episodes,
+    objects_outside,
+    outside_image,
     read_episodes,
     sort_objects,
     write_jsonl_atomic,
@@ -70,6 +72,41 @@ def test_reader_reports_every_bad_line(tmp_path):
 def test_missing_file_is_a_schema_error(tmp_path):
     with pytest.raises(SchemaError, match="cannot open"):
         read_episodes(tmp_path / "nope.jsonl")
+
+
+def test_non_utf8_and_deeply_nested_lines_are_record_errors(tmp_path):
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps(GOOD).encode(), b'{"student": "\xff\xfe caf\xe9"}', b"[" * 100_000]
+    path.write_bytes(b"\n".join([*lines, json.dumps(GOOD).encode()]) + b"\n")
+    items = list(iter_episodes(path))
+    assert [n for n, _ in items] == [1, 2, 3, 4]
+    assert isinstance(items[0][1], Episode) and isinstance(items[3][1], Episode)
+    assert str(items[1][1]) == f"{path}:2: not UTF-8 text: byte 0xff at byte 14"
+    assert str(items[2][1]).startswith(f"{path}:3: invalid JSON")
+    with pytest.raises(SchemaError) as info:
+        read_episodes(path)
+    assert "2 malformed record(s)" in info.value.message
+    assert "data.jsonl:2: not UTF-8" in info.value.message
+
+
+def test_binary_file_is_not_a_jsonl(tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpeg"
+    Image.new("RGB", (32, 24), "gray").save(photo)
+    with pytest.raises(SchemaError, match=r"photo\.jpeg is not a JSONL file"):
+        read_episodes(photo)
+
+
+def test_boxes_may_end_on_the_image_edge_but_not_past_it():
+    inside = DetObject((0, 0, 532, 728), "a")
+    over = [DetObject((0, 0, 533, 10), "b"), DetObject((0, 0, 5000, 5000), "c")]
+    assert objects_outside([inside, *over], 532, 728) == over
+    message = outside_image("images/x.jpeg", 532, 728, over * 2)
+    assert message == (
+        "4 box(es) outside the 532x728 image images/x.jpeg: [0, 0, 533, 10] b; "
+        "[0, 0, 5000, 5000] c; [0, 0, 533, 10] b and 1 more"
+    )
 
 
 def test_sort_objects_by_y_then_x():

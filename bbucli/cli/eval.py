@@ -26,7 +26,7 @@ HELP = """Evaluate a checkpoint, or score predictions, against ground truth: COC
 
 CKPT (a checkpoint folder written by `bbu train`): runs inference over --data (default: the val JSONL named in the checkpoint's config.yaml) with --source head (detection head: class by the caption decoder's likelihood of each class desc, score = objectness x class probability), lm (generated answer, score = mean token log-probability) or both, prepending --teachers K of each episode's teachers (default: the training config's data.num_teachers). Writes predictions.jsonl, inference.json and the files below into --out (default: CKPT/eval/; with --source both, one sub-folder per source).
 
-PREDICTIONS is a bbu predictions JSONL (one line per image: {"image": "images/a.jpeg", "objects": [{"bbox_2d": \\[x1, y1, x2, y2], "desc": "...", "score": 0.9}], "source": "head", "unparseable": false}) or a COCO results JSON; --data is a JSONL split written by `bbu convert` or a COCO instances JSON. Malformed lines, unknown images and boxes outside the image are reported by file:line; the rest is scored.
+PREDICTIONS is a bbu predictions JSONL (one line per image: {"image": "images/a.jpeg", "objects": [{"bbox_2d": \\[x1, y1, x2, y2], "desc": "...", "score": 0.9}], "source": "head", "unparseable": false}) or a COCO results JSON; --data is a JSONL split written by `bbu convert` or a COCO instances JSON. Malformed lines, unknown images and boxes outside the image are reported by file:line; the rest is scored. Predictions of which no record matches a ground-truth image are an error (exit 1), and nothing is written.
 
 Writes metrics.json, results_coco.json, per_class.csv, confusion.csv, pr_curve.png and overlays/ of the worst images into --out (default: eval/ beside PREDICTIONS).
 

@@ -43,7 +43,7 @@ Default view, the whole file: episodes, images, objects per class, tokens per ep
 
 --index I shows the I-th record (0-based, blank lines skipped) turn by turn; --tensors, --tokens and --render show that record too (index 0 when --index is not given). --text STRING shows a string's token ids and pieces. --json prints the views asked for as one JSON object.
 
-Bad input does not stop the summary: a line that is not an episode, a missing or unreadable image and an episode over --max-tokens are listed as FILE:LINE problems and the rest of the file is inspected. Exit code 0 when the file was inspected, even with problems; 1 when nothing in it could be inspected, or the record asked for with --index cannot be; 2 for bad options.
+Bad input does not stop the summary: a line that is not an episode (or not UTF-8 text), a missing or unreadable image, a box reaching past its image (training refuses it) and an episode over --max-tokens are listed as FILE:LINE problems and the rest of the file is inspected. Exit code 0 when the file was inspected, even with problems; 1 when nothing in it could be inspected, or the record asked for with --index cannot be; 2 for bad options.
 
 [bold]Examples[/]
 

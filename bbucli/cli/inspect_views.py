@@ -34,8 +34,11 @@ def summary_tables(s: DatasetSummary) -> list[Table]:
     table = Table(title=f"bbu inspect {s.path}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
-    bad = len({p.line for p in s.problems if p.kind != "over_budget"})
-    table.add_row("records", f"{s.records}: {s.episodes} inspected, {bad} unreadable")
+    inspected = ("over_budget", "box_outside_image")  # problems of records still inspected
+    bad = len({p.line for p in s.problems if p.kind not in inspected})
+    past = sum(1 for p in s.problems if p.kind == "box_outside_image")
+    boxes = f", {past} with boxes past their image" if past else ""
+    table.add_row("records", f"{s.records}: {s.episodes} inspected, {bad} unreadable{boxes}")
     per = s.teachers / s.episodes if s.episodes else 0.0
     table.add_row("episodes", f"{s.episodes}, {s.teachers} teacher turns ({per:.2f} per episode)")
     table.add_row(

@@ -1,5 +1,6 @@
 """`bbu predict CKPT IMAGES...`: a checkpoint's detections on image files with `predict_images`; the
-predictions JSONL to --out (or stdout), pictures to --render, a per-image table."""
+predictions JSONL to --out (or stdout), pictures to --render, a per-image table; then one `error:`
+line per image that could not be predicted, and exit code 1 when there was one."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ STAGES = {"load": "loading the checkpoint", "predict": "predicting", "render": "
 HELP = """Detect objects in images with a checkpoint written by `bbu train`.
 
 Each image is resized exactly as in training; boxes come back in the pixels of the original image as it stands upright (EXIF orientation applied). --source head reads the detection head (class: the most likely class desc under its caption decoder; score = objectness x that class's probability); --source lm generates the grounding answer greedily (score = mean token log-probability of each object's text; unparseable answers are counted).
+
+An image that cannot be read or sized is reported (one error line each) and skipped: the others are predicted and written, and the exit code is 1.
 
 Writes the bbu predictions JSONL (one line per image: image, width, height, objects with bbox_2d, desc, score; source; unparseable; raw for lm) to --out, or to stdout without --out; --render draws the boxes on the images (JPEG).
 
@@ -103,3 +106,9 @@ def predict_command(
         written.append(f"{len(run.renders)} picture(s) in {render}")
     if written:
         console.print(f"written: {escape(', '.join(written))}")
+    for failure in run.failures:
+        err.print(f"[bold red]error:[/] {escape(str(failure))}", soft_wrap=True)
+    if run.failures:
+        predicted = f"{len(run.predictions)} of {len(run.predictions) + len(run.failures)}"
+        err.print(f"[dim]hint:[/] {predicted} images predicted; fix or drop the others", soft_wrap=True)
+        raise typer.Exit(1)

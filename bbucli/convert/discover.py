@@ -7,7 +7,8 @@ COCO (`images` + `annotations`). Pairing: vendor by stem beside the JSON; Labelm
 (relative to the JSON, `\\` accepted) then by stem; COCO by `file_name` relative to the JSON's
 folder or its `images/`; all of them finally by a stem unique in the whole tree. Two annotated
 images with the same stem would overwrite each other's stored image: the first in path order is
-kept, the others are reported as `duplicate_stem`.
+kept, the others are reported as `duplicate_stem`. Folder links are followed, each real folder
+once, so a symlink loop neither repeats files nor hangs the walk.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from bbucli.convert.coco import is_coco, read_coco
 from bbucli.convert.labelme import is_labelme, read_labelme
-from bbucli.convert.raw import Issue, RawImage, ReadResult
+from bbucli.convert.raw import Issue, RawImage, ReadResult, text_name
 from bbucli.convert.vendor import is_vendor, read_vendor
 from bbucli.errors import DataError
 from bbucli.schema import Progress
@@ -42,29 +43,46 @@ class Discovery:
 
 
 def rel_name(path: Path, root: Path) -> str:
-    """`path` relative to `root`, posix style (what reports and `meta.source` show)."""
+    """`path` relative to `root`, posix style, as valid text (`text_name`): what reports and
+    `meta.source` show."""
     try:
-        return path.relative_to(root).as_posix()
+        return text_name(path.relative_to(root).as_posix())
     except ValueError:
-        return path.name
+        return text_name(path.name)
 
 
 def _walk(root: Path, exclude: frozenset[Path]) -> tuple[list[Path], list[Path]]:
-    """(json files, image files) under root, sorted, hidden and excluded entries skipped."""
+    """(json files, image files) under root, sorted, hidden and excluded entries skipped.
+
+    Folder links are followed, but each real folder (device, inode) is read once, the first time
+    the sorted walk reaches it: a link back up the tree (a loop) or a second way into a folder
+    adds nothing, instead of repeating its files until the OS gives up on the path length. A
+    link that cannot be resolved (one that points at itself) is skipped."""
     jsons: list[Path] = []
     images: list[Path] = []
+    seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
+            info = folder.stat()
             entries = sorted(folder.iterdir(), key=lambda p: p.name)
         except OSError:
             continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
         subdirs = []
         for entry in entries:
-            if entry.name.startswith(".") or entry.resolve() in exclude:
+            if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            try:
+                if entry.resolve() in exclude:
+                    continue
+                is_dir = entry.is_dir()
+            except (OSError, RuntimeError):  # RuntimeError: Path.resolve on a symlink loop
+                continue
+            if is_dir:
                 subdirs.append(entry)
             elif entry.suffix.lower() == ".json":
                 jsons.append(entry)
@@ -96,8 +114,9 @@ class _ImageIndex:
         self.by_folder: dict[tuple[Path, str], list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
         for path in images:
-            self.by_folder.setdefault((path.parent, path.stem), []).append(path)
-            self.by_stem.setdefault(path.stem, []).append(path)
+            stem = text_name(path.stem)  # as `RawImage.stem` spells it
+            self.by_folder.setdefault((path.parent, stem), []).append(path)
+            self.by_stem.setdefault(stem, []).append(path)
 
     def beside(self, folder: Path, stem: str) -> Path | None:
         found = self.by_folder.get((folder, stem), [])

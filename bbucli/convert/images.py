@@ -31,6 +31,7 @@ from pathlib import Path
 from PIL import ExifTags, Image
 
 from bbucli.errors import BbuError, DataError
+from bbucli.schema import new_file_mode
 
 # Orientation -> the transpose making the stored pixels upright (as PIL.ImageOps.exif_transpose).
 _UPRIGHT = {
@@ -143,6 +144,7 @@ def save_jpeg_atomic(image: Image.Image, dst: str | os.PathLike[str], *, quality
             dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp", delete=False
         ) as tmp:
             tmp_name = tmp.name
+            os.chmod(tmp_name, new_file_mode())  # the umask's mode, not the temp file's 0o600
             image.save(
                 tmp,
                 format="JPEG",

@@ -4,7 +4,8 @@
     -> OUT.jsonl (train), OUT.val.jsonl, OUT.teachers.jsonl, OUT.report.json, OUT_DIR/images/
 
 Outputs are written only after everything is computed, each atomically (temp file + rename), so a
-failed or interrupted run leaves earlier outputs intact and never a partial JSONL. They hold no
+failed or interrupted run leaves earlier outputs intact and never a partial JSONL. An input file is
+never written over: OUT's `images/` may not be the input folder or any folder holding an input. They hold no
 timestamps or absolute paths: the same input and options give byte-identical files.
 
 An `info` size that disagrees with the EXIF-upright image is handled by `frames.reconcile`: boxes
@@ -118,6 +119,24 @@ def output_paths(out_jsonl: Path) -> dict[str, Path]:
         "report": base.with_name(base.name + ".report.json"),
         "images": out_jsonl.parent / IMAGES_DIR,
     }
+
+
+def _refuse_images_into_inputs(raw_dir: Path, images_dir: Path, found: Discovery | None = None) -> None:
+    """UsageError when OUT's images folder is the input folder, or (given `found`) a folder that
+    holds an input file: the resized `<stem>.jpeg` would land among the user's originals and
+    could write over them. Folders are compared resolved (a symlink is the folder it names)."""
+    target = images_dir.resolve()
+    holders: dict[Path, str] = {raw_dir: "is the input folder"} if found is None else {}
+    for raw in found.images if found else ():
+        for path in (raw.image_path, raw.annotation_path):
+            if path is not None:
+                holders.setdefault(path.parent, f"holds the input file {rel_name(path, found.root)} of")
+    for folder, what in holders.items():
+        if folder.resolve() == target:
+            raise UsageError(
+                f"output images folder {images_dir} {what} {raw_dir}: converting would write over the original photos",
+                hint="pick an OUT in another folder, e.g. one beside the input folder",
+            )
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -250,7 +269,9 @@ def convert_dataset(
     policy = LabelPolicy(taxonomy, options.lang, options.levels, options.unknown)
     clock = _Clock()
 
+    _refuse_images_into_inputs(raw_dir, paths["images"])
     found = discover(raw_dir, exclude=paths.values(), progress=progress)
+    _refuse_images_into_inputs(raw_dir, paths["images"], found)
     tally = Tally()
     for issue in found.issues:
         tally.note(issue)

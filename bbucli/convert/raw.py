@@ -6,7 +6,8 @@ frame against the real EXIF-upright image before anything else uses the boxes.
 
 A reader never raises for bad input: whatever it cannot use becomes an `Issue` with a reason code
 (`REASONS`), so nothing is lost silently. A box and its label live in one `RawObject`, so they are
-kept or dropped together.
+kept or dropped together. Names taken from the file system go through `text_name`, so a name
+that is not UTF-8 is shown, stored and hashed as text rather than crashing a later step.
 """
 
 from __future__ import annotations
@@ -106,12 +107,13 @@ class RawImage:
 
     @property
     def stem(self) -> str:
-        """The photo's identity: the image file's stem, else the reference's, else the annotation's."""
+        """The photo's identity: the image file's stem, else the reference's, else the annotation's;
+        always valid text (`text_name`), as it names the stored image and goes into the JSONL."""
         if self.image_path is not None:
-            return self.image_path.stem
+            return text_name(self.image_path.stem)
         if self.image_ref:
-            return Path(self.image_ref.replace("\\", "/")).stem
-        return self.annotation_path.stem
+            return text_name(Path(self.image_ref.replace("\\", "/")).stem)
+        return text_name(self.annotation_path.stem)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,22 @@ class ReadResult:
 
     images: tuple[RawImage, ...] = ()
     issues: tuple[Issue, ...] = ()
+
+
+def text_name(name: str) -> str:
+    r"""A file name as text that encodes to UTF-8. Bytes that are not UTF-8 (a GBK name from a
+    Windows zip, surrogate-escaped by the OS layer) become `\xNN` escapes, so the name stays
+    distinct, readable and writable to JSON; a valid name is returned unchanged."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no byte stands for (a JSON "\ud800")
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def finite_number(value: Any) -> float | None:

@@ -163,7 +163,8 @@ def _greedy_cover(
 
 def _stable_key(*parts: object) -> int:
     """A 64-bit integer from a process- and platform-independent hash of `parts`."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    # surrogatepass: an id holding a surrogate (a name that was not UTF-8) still hashes.
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 

@@ -5,6 +5,9 @@ lazily (pixels are decoded in `__getitem__`, in the DataLoader's workers). Token
 `ChatProcessor.measure` (image headers and text only), so building the dataset decodes nothing.
 An episode whose student alone exceeds `data.max_tokens` is left out and counted
 (`skipped_too_long`); teachers over the budget are dropped by the ChatProcessor and counted.
+A box reaching past its stored image (x2 > width or y2 > height, read from the image header)
+refuses the split with a DataError counting them (`check_boxes_inside`): such a target lies
+outside the normalised [0, 1] frame the loss works in.
 
 Teacher re-draw (`data.teacher_resample`): epoch 0 keeps the teachers the JSONL names (what
 `bbu convert` chose, cut to `num_teachers`); every later epoch draws `num_teachers` teachers per
@@ -37,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
 from bbucli.data.sampler import TokenBudgetBatchSampler
 from bbucli.errors import DataError
-from bbucli.schema import Episode, Sample
+from bbucli.schema import Episode, Sample, objects_outside, outside_image
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class EpisodeDataset(Dataset):
         self._lengths: list[int] = []
         self._vision: list[int] = []
         self.stats = DatasetStats(0, 0, 0, 0, 0, 0)
+        pool = self.teacher_pool if resample else ()
+        check_boxes_inside(
+            [s for e in self.episodes for s in e.samples] + list(pool), processor, image_root, name
+        )
         self.set_epoch(0)
         if not self._current:
             raise DataError(
@@ -109,8 +116,12 @@ class EpisodeDataset(Dataset):
         drawn = self.episodes
         if self.resample and epoch > 0:
             drawn = [
-                replace(e, teachers=redraw_teachers(e.student, self.teacher_pool, self.num_teachers,
-                                                    seed=(self.seed, epoch, i)))  # fmt: skip
+                replace(
+                    e,
+                    teachers=redraw_teachers(
+                        e.student, self.teacher_pool, self.num_teachers, seed=(self.seed, epoch, i)
+                    ),
+                )
                 for i, e in enumerate(self.episodes)
             ]
         kept, lengths, vision, counts = [], [], [], Counter()
@@ -152,6 +163,37 @@ class EpisodeDataset(Dataset):
         return out
 
 
+BOXES_SHOWN = 3  # images a check_boxes_inside error lists
+
+
+def check_boxes_inside(
+    samples: Sequence[Sample], processor: ChatProcessor, image_root: str | Path, name: str
+) -> None:
+    """DataError counting the boxes of `samples` that reach past their stored image (size from
+    the image header, cached by `processor`; x2 == width is inside), naming the first images."""
+    seen: set[Sample] = set()
+    found: list[str] = []
+    boxes = 0
+    for sample in samples:
+        if sample in seen:
+            continue
+        seen.add(sample)
+        info = processor.image_info(Path(image_root) / sample.image)
+        outside = objects_outside(sample.objects, *info.stored_wh)
+        if outside:
+            boxes += len(outside)
+            found.append(outside_image(sample.image, *info.stored_wh, outside))
+    if found:
+        more = f"; and {len(found) - BOXES_SHOWN} more image(s)" if len(found) > BOXES_SHOWN else ""
+        raise DataError(
+            f"{name}: {boxes} box(es) outside their image, in {len(found)} image(s): "
+            + "; ".join(found[:BOXES_SHOWN])
+            + more,
+            hint="bbox_2d are pixels of the stored image (x2 <= width, y2 <= height); "
+            "`bbu inspect` lists them by line; fix them, or regenerate the JSONL with `bbu convert`",
+        )
+
+
 def redraw_teachers(
     student: Sample, pool: Sequence[Sample], k: int, *, seed: object
 ) -> tuple[Sample, ...]:
@@ -170,7 +212,9 @@ def redraw_teachers(
 
 
 def _cut_teachers(episode: Episode, k: int) -> Episode:
-    return episode if len(episode.teachers) <= k else replace(episode, teachers=episode.teachers[:k])
+    return (
+        episode if len(episode.teachers) <= k else replace(episode, teachers=episode.teachers[:k])
+    )
 
 
 GROUP_WINDOW = 16  # batches per length-sorting window (data.group_by_length)
@@ -221,9 +265,13 @@ class EpochBatches:
         lengths = self.dataset.lengths()
         if self.packed:
             sampler = TokenBudgetBatchSampler(
-                lengths, self.max_tokens_per_batch, seed=self.seed, shuffle=self.shuffle,
-                num_replicas=self.num_replicas, rank=self.rank,
-            )  # fmt: skip
+                lengths,
+                self.max_tokens_per_batch,
+                seed=self.seed,
+                shuffle=self.shuffle,
+                num_replicas=self.num_replicas,
+                rank=self.rank,
+            )
             sampler.set_epoch(self.epoch)
             return list(sampler)
         order = list(range(len(lengths)))

@@ -5,12 +5,15 @@ Checks, each reported at the record's origin (`preds.jsonl:7`):
 - an image the ground truth does not have: its predictions are not scored;
 - a second record for the same image: not scored;
 - boxes in another frame (`Detections.image_wh`): scaled per axis into the scoring frame;
-- boxes outside the image: clipped to it (dropped when nothing is left); a 0.5 px overhang is
+- boxes reaching outside the image: scored as given, as COCOeval scores them (clipping could
+  only raise their IoU), reported and counted (`out_of_image_predictions`); a 0.5 px overhang is
   rounding and passes silently;
 - non-finite or empty boxes: dropped;
 - a desc that is no ground-truth category: mapped through the taxonomy when it names a class whose
   zh or en desc is one (a zh prediction against en ground truth), otherwise kept as an unknown
-  category (reported once per desc; left out of per-class metrics, counted class-agnostically);
+  category (reported once per desc, counted in `unknown_category_predictions`): false positives
+  wherever they are scored (P/R/F1, the confusion matrix, class-agnostic AP, type AP when the
+  type is known), with a per-class row whose AP is undefined;
 - more than 100 predictions of one class on one image: COCOeval scores only the 100 best.
 """
 
@@ -69,26 +72,25 @@ def _to_frame(det: Detections, image: GroundTruthImage, problems: list[Problem])
     return boxes
 
 
-def _inside(boxes: np.ndarray, det: Detections, image: GroundTruthImage, problems: list[Problem]) -> np.ndarray:
-    """Clip to the image; returns the (N,) mask of boxes kept."""
+def _checked(boxes: np.ndarray, det: Detections, image: GroundTruthImage, problems: list[Problem]) -> tuple[np.ndarray, int]:
+    """The (N,) mask of boxes kept (finite, non-empty) and how many of those reach outside the image
+    (reported, scored as given)."""
     finite = np.isfinite(boxes).all(1)
     keep = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     if (~keep).any():
         problems.append(Problem(det.where, f"{int((~keep).sum())} box(es) not finite or empty; dropped"))
     if image.image_wh is None:
-        return keep
+        return keep, 0
     w, h = image.image_wh
     outside = keep & ((boxes[:, :2] < -OVERHANG_PX).any(1) | (boxes[:, 2] > w + OVERHANG_PX) | (boxes[:, 3] > h + OVERHANG_PX))
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
-    gone = keep & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
     if outside.any():
+        wholly = keep & ((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0) | (boxes[:, 0] >= w) | (boxes[:, 1] >= h))
         idx = np.flatnonzero(outside)
         shown = "; ".join(f"{_fmt_box(det.boxes_px[i])} {det.descs[i]}" for i in idx[:SHOWN])
         more = f" and {len(idx) - SHOWN} more" if len(idx) > SHOWN else ""
-        dropped = f", {int(gone.sum())} of them wholly outside and dropped" if gone.any() else ""
-        problems.append(Problem(det.where, f"{len(idx)} box(es) outside the {w}x{h} image {image.key}, clipped{dropped}: {shown}{more}"))
-    return keep & ~gone
+        whole = f", {int(wholly.sum())} of them wholly outside" if wholly.any() else ""
+        problems.append(Problem(det.where, f"{len(idx)} box(es) reach outside the {w}x{h} image {image.key}{whole}; scored as given (not clipped): {shown}{more}"))
+    return keep, int(outside.sum())
 
 
 class _Categories:
@@ -123,8 +125,8 @@ class _Categories:
             also = f"; also {', '.join(places[1:SHOWN])}" if len(places) > 1 else ""
             out.append(Problem(places[0], (
                 f"category {name!r} is not in the ground truth: {self.unknown_count[name]} prediction(s){also}; "
-                "not in per-class AP, P/R or the confusion matrix, counted for class-agnostic AP "
-                "(and type AP when its type is known)"
+                "false positives in P/R/F1, the confusion matrix, class-agnostic AP (and type AP when its "
+                "type is known); its per-class row has no AP"
             )))
         return out
 
@@ -135,7 +137,8 @@ def align_predictions(predictions: Iterable[Detections], ground_truth: GroundTru
     first_at: dict[int, str] = {}
     problems: list[Problem] = []
     categories = _Categories(ground_truth, taxonomy)
-    counts = {"predictions": 0, "predictions_scored": 0, "unparseable": 0, "records": 0, "head": 0, "lm": 0}
+    counts = {"predictions": 0, "predictions_scored": 0, "unparseable": 0, "records": 0, "head": 0, "lm": 0,
+              "out_of_image_predictions": 0}
     crowded = 0
     for det in predictions:
         counts["records"] += 1
@@ -152,7 +155,8 @@ def align_predictions(predictions: Iterable[Detections], ground_truth: GroundTru
         first_at[i] = det.where
         image = ground_truth.images[i]
         boxes = _to_frame(det, image, problems)
-        keep = _inside(boxes, det, image, problems)
+        keep, outside = _checked(boxes, det, image, problems)
+        counts["out_of_image_predictions"] += outside
         descs = tuple(categories.canonical(d, det.where) for d, k in zip(det.descs, keep, strict=True) if k)
         slots[i] = AlignedImage(boxes[keep], descs, det.scores[keep])
         counts["predictions_scored"] += len(descs)

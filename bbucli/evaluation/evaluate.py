@@ -3,7 +3,8 @@
 Three COCOeval runs through the adapter: categories = descs (AP..AR and per-class AP), = types
 (the first desc level), = one category (class-agnostic: every prediction counts, also those of a
 category the ground truth lacks). Then the operating point (threshold, P/R/F1, confusion matrix,
-per-image errors) and the defect escape rate. A checkpoint evaluation calls this same function
+per-image errors), where predictions of a category the ground truth lacks are false positives with
+a per-class row of their own (AP undefined), and the defect escape rate. A checkpoint evaluation calls this same function
 with the `Detections` its inference produced.
 """
 
@@ -21,6 +22,7 @@ from bbucli.evaluation.escape import defect_states, escape_rate, is_defect
 from bbucli.evaluation.operating_point import (
     ImageArrays,
     best_f1_threshold,
+    category_index,
     count_at,
     f1_score,
     ratio,
@@ -140,35 +142,42 @@ def evaluate(
         runs[view] = cocoeval_bbox(gt_dict, results, backend=resolved)
 
     report(STAGES[4], 4, len(STAGES))
-    index = {c.desc: k for k, c in enumerate(ground_truth.categories)}
+    index = category_index(ground_truth, aligned.images)
     arrays = [ImageArrays.build(image, preds, index) for image, preds in zip(ground_truth.images, aligned.images, strict=True)]
     chosen_by = "given" if threshold is not None else "max_f1"
     if threshold is None:
         threshold = best_f1_threshold(arrays)
-    counts = count_at(arrays, len(ground_truth.categories), threshold)
+    counts = count_at(arrays, len(index), threshold)
     states = defect_states(taxonomy)
     defect = [is_defect(c.desc, taxonomy, states) for c in ground_truth.categories]
     descs = [c.desc for c in ground_truth.categories]
     escape = escape_rate([a.gt_labels for a in arrays], [a.gt_crowd for a in arrays], counts.gt_found, descs, defect)
+    all_descs = list(index)
+    k_gt = len(descs)
 
     classes = runs["classes"]
     k_of = {cid: k for k, cid in enumerate(classes.category_ids)}
-    gt_per_class = np.zeros(len(descs), np.int64)
-    pred_per_class = np.zeros(len(descs), np.int64)
+    gt_per_class = np.zeros(len(all_descs), np.int64)
+    pred_per_class = np.zeros(len(all_descs), np.int64)
     for a in arrays:
-        real = a.gt_labels[~a.gt_crowd]
-        gt_per_class += np.bincount(real, minlength=len(descs))[: len(descs)]
-        pred_per_class += np.bincount(a.pred_labels[a.pred_labels >= 0], minlength=len(descs))[: len(descs)]
+        gt_per_class += np.bincount(a.gt_labels[~a.gt_crowd], minlength=len(all_descs))
+        pred_per_class += np.bincount(a.pred_labels, minlength=len(all_descs))
+    ids = [c.id for c in ground_truth.categories]
+
+    def ap(i: int, iou: float | None = None) -> float | None:
+        return classes.category_ap(k_of[ids[i]], iou) if i < k_gt else None
+
     per_class = tuple(
         ClassMetrics(
-            desc=c.desc, category_id=c.id, defect=defect[i], gt=int(gt_per_class[i]), predictions=int(pred_per_class[i]),
-            ap=classes.category_ap(k_of[c.id]), ap50=classes.category_ap(k_of[c.id], 0.5), ap75=classes.category_ap(k_of[c.id], 0.75),
+            desc=desc, category_id=ids[i] if i < k_gt else None,
+            defect=defect[i] if i < k_gt else is_defect(desc, taxonomy, states),
+            gt=int(gt_per_class[i]), predictions=int(pred_per_class[i]), ap=ap(i), ap50=ap(i, 0.5), ap75=ap(i, 0.75),
             tp=int(counts.tp[i]), fp=int(counts.fp[i]), fn=int(counts.fn[i]),
             precision=ratio(int(counts.tp[i]), int(counts.tp[i] + counts.fp[i])),
             recall=ratio(int(counts.tp[i]), int(counts.tp[i] + counts.fn[i])),
             f1=f1_score(int(counts.tp[i]), int(counts.fp[i]), int(counts.fn[i])),
         )
-        for i, c in enumerate(ground_truth.categories)
+        for i, desc in enumerate(all_descs)
     )
     types_run = runs["types"]
     type_names = dict(views(ground_truth)["types"][1])
@@ -181,8 +190,11 @@ def evaluate(
         for k, cid in enumerate(types_run.category_ids)
     )
     tp, fp, fn = int(counts.tp.sum()), int(counts.fp.sum()), int(counts.fn.sum())
-    operating_point = OperatingPoint(threshold, chosen_by, tp, fp, fn, ratio(tp, tp + fp), ratio(tp, tp + fn), f1_score(tp, fp, fn))
-    confusion = ConfusionMatrix((*descs, BACKGROUND), tuple(tuple(int(v) for v in row) for row in counts.confusion))
+    operating_point = OperatingPoint(
+        threshold, chosen_by, tp, fp, fn, ratio(tp, tp + fp), ratio(tp, tp + fn), f1_score(tp, fp, fn),
+        unknown_category_fp=int(counts.fp[k_gt:].sum()),
+    )
+    confusion = ConfusionMatrix((*all_descs, BACKGROUND), tuple(tuple(int(v) for v in row) for row in counts.confusion))
     errors = [
         ImageErrors(image.key, int((~image.iscrowd).sum()), len(preds.descs), *e)
         for image, preds, e in zip(ground_truth.images, aligned.images, counts.image_errors, strict=True)

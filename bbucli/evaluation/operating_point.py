@@ -5,7 +5,8 @@ Matching is `matching.match_image` at IoU 0.5. A prediction counts when its scor
 threshold. Counting is micro (over all objects of the split):
     precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2 TP / (2 TP + FP + FN)
 (None where the denominator is 0). Crowd ground truth is neither found nor missed, predictions
-on it are ignored. Predictions of categories the ground truth lacks are not counted here.
+on it are ignored. Predictions of categories the ground truth lacks are counted: they have
+indices after the ground truth's (`category_index`), never match, and so are false positives.
 
 Choosing the threshold: greedy matching in score order means the matches of the predictions above
 a threshold do not depend on those below it, so one matching of all predictions gives TP and FP at
@@ -15,19 +16,29 @@ threshold on a tie.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from bbucli.evaluation.align import AlignedImage
 from bbucli.evaluation.matching import ImageMatch, match_image
-from bbucli.evaluation.types import GroundTruthImage
+from bbucli.evaluation.types import GroundTruth, GroundTruthImage
+
+
+def category_index(ground_truth: GroundTruth, scored: Iterable[AlignedImage]) -> dict[str, int]:
+    """desc -> category index: the ground truth's categories 0..K-1 in their order, then each
+    predicted desc the ground truth lacks, K.., in order of first appearance."""
+    index = {c.desc: k for k, c in enumerate(ground_truth.categories)}
+    for preds in scored:
+        for desc in preds.descs:
+            index.setdefault(desc, len(index))
+    return index
 
 
 @dataclass(frozen=True, eq=False)
 class ImageArrays:
-    """One image in category indices (0..K-1; -1 = a category the ground truth lacks).
+    """One image in category indices (`category_index`: K.. = categories the ground truth lacks).
 
     pred_boxes (N, 4) xyxy, pred_labels (N,), pred_scores (N,); gt_boxes (M, 4) xyxy in the same
     frame, gt_labels (M,), gt_crowd (M,) bool.
@@ -42,18 +53,18 @@ class ImageArrays:
 
     @classmethod
     def build(cls, image: GroundTruthImage, preds: AlignedImage, index: Mapping[str, int]) -> ImageArrays:
-        """From a ground-truth image and its scored predictions; index: desc -> category index."""
+        """From a ground-truth image and its scored predictions; index: desc -> category index
+        (`category_index`, which holds every desc of both)."""
         return cls(
-            preds.boxes_px, np.asarray([index.get(d, -1) for d in preds.descs], dtype=np.int64), preds.scores,
+            preds.boxes_px, np.asarray([index[d] for d in preds.descs], dtype=np.int64), preds.scores,
             image.boxes_px, np.asarray([index[d] for d in image.descs], dtype=np.int64), image.iscrowd,
         )
 
-    def known(self, threshold: float | None = None) -> np.ndarray:
-        """(N,) bool: predictions of a known category (and with score >= threshold)."""
-        keep = self.pred_labels >= 0
-        if threshold is not None:
-            keep &= self.pred_scores >= threshold
-        return keep
+    def kept(self, threshold: float | None) -> np.ndarray:
+        """(N,) bool: predictions with score >= threshold (None: none)."""
+        if threshold is None:
+            return np.zeros(len(self.pred_labels), dtype=bool)
+        return self.pred_scores >= threshold
 
     def match(self, keep: np.ndarray) -> ImageMatch:
         """Match the kept predictions (indices then refer to the kept subset)."""
@@ -77,11 +88,10 @@ def best_f1_threshold(images: Sequence[ImageArrays]) -> float | None:
     n_gt = 0
     for image in images:
         n_gt += int((~image.gt_crowd).sum())
-        keep = image.known()
-        if not keep.any():
+        if not len(image.pred_labels):
             continue
-        m = image.match(keep)
-        scores.append(image.pred_scores[keep])
+        m = image.match(np.ones(len(image.pred_labels), dtype=bool))
+        scores.append(image.pred_scores)
         tps.append(m.true_positive)
         counted.append(~m.pred_ignored)
     if not scores:
@@ -102,8 +112,8 @@ def best_f1_threshold(images: Sequence[ImageArrays]) -> float | None:
 class OperatingPointCounts:
     """Counts at one threshold.
 
-    tp, fp, fn: (K,) per category; confusion: (K+1, K+1) rows = ground truth, columns =
-    prediction, index K = background; gt_found: per image, (M,) bool of ground truth matched by
+    tp, fp, fn: (K,) per category (K = `category_index`'s length, unknown categories included);
+    confusion: (K+1, K+1) rows = ground truth, columns = prediction, index K = background; gt_found: per image, (M,) bool of ground truth matched by
     a prediction of its own category; image_errors: per image (tp, fp, fn).
     """
 
@@ -116,14 +126,15 @@ class OperatingPointCounts:
 
 
 def count_at(images: Sequence[ImageArrays], num_classes: int, threshold: float | None) -> OperatingPointCounts:
-    """Match every image's predictions with score >= threshold (None: keep none) and count."""
+    """Match every image's predictions with score >= threshold (None: keep none) and count;
+    num_classes: the length of `category_index`."""
     k = num_classes
     tp, fp, fn = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
     confusion = np.zeros((k + 1, k + 1), dtype=np.int64)
     gt_found: list[np.ndarray] = []
     errors: list[tuple[int, int, int]] = []
     for image in images:
-        keep = image.known(threshold) if threshold is not None else np.zeros(len(image.pred_labels), bool)
+        keep = image.kept(threshold)
         m = image.match(keep)
         labels = image.pred_labels[keep]
         real_gt = ~image.gt_crowd

@@ -189,7 +189,7 @@ def predictions_from_coco(data: Any, ground_truth: GroundTruth, source: str | Pa
     """A decoded COCO results array -> one Detections per image id (in the GT's scoring frame).
 
     Image ids are looked up in the ground truth; a category id it does not know keeps the name
-    `category_id=<id>`, so scoring reports it and still counts it for class-agnostic AP.
+    `category_id=<id>`, so scoring reports it and counts it as a false positive.
     """
     if not isinstance(data, list):
         raise DataError(f"{source}: a COCO results file must be a JSON array", hint="[{image_id, category_id, bbox: [x, y, w, h], score}, ...]")

@@ -20,10 +20,11 @@ BACKGROUND = "background"
 @dataclass(frozen=True)
 class ClassMetrics:
     """One category: COCO AP (area all, 100 detections), `predictions` of it at any score, and
-    tp/fp/fn and precision/recall/F1 at the operating threshold."""
+    tp/fp/fn and precision/recall/F1 at the operating threshold. A predicted category the ground
+    truth lacks has a row too: category_id None, gt 0, AP None, every prediction a false positive."""
 
     desc: str
-    category_id: int
+    category_id: int | None
     defect: bool
     gt: int
     predictions: int
@@ -53,6 +54,7 @@ class OperatingPoint:
     """Micro precision / recall / F1 at `threshold` (score >= threshold kept), IoU 0.5.
 
     chosen_by: "max_f1" (picked on this split) or "given"; threshold None: no predictions.
+    unknown_category_fp: how many of the `fp` are predictions of a category the ground truth lacks.
     """
 
     threshold: float | None
@@ -63,12 +65,14 @@ class OperatingPoint:
     precision: float | None
     recall: float | None
     f1: float | None
+    unknown_category_fp: int = 0
 
 
 @dataclass(frozen=True)
 class ConfusionMatrix:
     """counts[i][j]: ground truth labels[i] predicted as labels[j]; the last label is background
-    (row: predictions matching no ground truth; column: ground truth nothing matched)."""
+    (row: predictions matching no ground truth; column: ground truth nothing matched). Predicted
+    categories the ground truth lacks come after its own, with all-zero rows."""
 
     labels: tuple[str, ...]
     counts: tuple[tuple[int, ...], ...]
@@ -111,7 +115,8 @@ class EvalResult:
     stats / type_stats / agnostic_stats: COCOeval's 12 stats (STAT_NAMES order, -1 undefined)
     with categories = descs, = types, = one category for everything. counts: images,
     images_without_objects, gt_objects, predictions (read), predictions_scored (of a known
-    image), unknown_category_predictions, images_without_predictions, unparseable, by source.
+    image), unknown_category_predictions, out_of_image_predictions (scored as given),
+    images_without_predictions, unparseable, by source.
     scored: the predictions as scored, one per ground-truth image in its order (scoring frame,
     canonical descs); for the writers, not part of `to_dict()`.
     """

@@ -4,7 +4,8 @@
     results_coco.json  the scored predictions as a COCO results list (ids of the ground truth)
     gt_coco.json       the ground truth as COCO instances (only for a bbu JSONL ground truth: the
                        ids results_coco.json refers to; image id = episode order, categories = descs)
-    per_class.csv      one row per category: AP, AP50, AP75, counts and P/R/F1 at the threshold
+    per_class.csv      one row per category (predicted ones the ground truth lacks last, no AP):
+                       AP, AP50, AP75, counts and P/R/F1 at the threshold
     confusion.csv      ground truth (rows) x prediction (columns), background last
     pr_curve.png       precision-recall curves at IoU 0.5 and 0.5:0.95, per category and mean
     overlays/NN_<image>.png  the worst images (most errors at the threshold), ground truth vs
@@ -21,13 +22,13 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from bbucli.evaluation.align import EMPTY
 from bbucli.evaluation.evaluate import coco_inputs, views
-from bbucli.evaluation.operating_point import ImageArrays
+from bbucli.evaluation.operating_point import ImageArrays, category_index
 from bbucli.evaluation.plots import ascii_label, render_overlay, render_pr_curves
+from bbucli.evaluation.render_detections import ascii_desc
 from bbucli.evaluation.result import EvalResult
 from bbucli.evaluation.types import GroundTruth
 from bbucli.schema import write_json_atomic, write_text_atomic
@@ -89,8 +90,10 @@ def write_overlays(folder: Path, result: EvalResult, ground_truth: GroundTruth, 
         for old in folder.iterdir():
             if _OVERLAY_NAME.match(old.name):
                 old.unlink()
-    index = {c.desc: k for k, c in enumerate(ground_truth.categories)}
+    index = category_index(ground_truth, result.scored)
     labels = {c.desc: ascii_label(c, taxonomy) for c in ground_truth.categories}
+    for n, desc in enumerate(d for d in index if d not in labels):
+        labels[desc] = ascii_desc(desc, taxonomy, f"unknown {n + 1}")
     threshold = result.operating_point.threshold
     written: list[Path] = []
     for worst in result.worst_images:
@@ -102,7 +105,7 @@ def write_overlays(folder: Path, result: EvalResult, ground_truth: GroundTruth, 
             continue
         preds = result.scored[i]  # type: ignore[index]
         arrays = ImageArrays.build(image, preds, index)
-        keep = arrays.known(threshold) if threshold is not None else np.zeros(len(preds.descs), bool)
+        keep = arrays.kept(threshold)
         at = "no predictions kept" if threshold is None else f"score >= {threshold:.3g}"
         caption = f"{image.key}  tp {worst.tp}  fp {worst.fp}  fn {worst.fn}  ({at})"
         picture = render_overlay(image.file, image, preds, keep, arrays.match(keep), labels, caption)

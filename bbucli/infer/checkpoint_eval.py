@@ -12,6 +12,7 @@ source `evaluate` and write the `eval/` folder (`write_eval_dir`) plus:
                         sources together), unparseable answers, mean prompt length
 
 One source writes into `out_dir` (default `CKPT/eval/`); several write `out_dir/<source>/` each.
+The folder is created and checked writable before the checkpoint is loaded (`output_paths`).
 
 Teachers: a bbu JSONL episode lists its own teachers (drawn by `bbu convert`); the first K are
 prepended, K = `teachers` or, when None, the training config's `data.num_teachers` (all listed
@@ -29,12 +30,14 @@ from pathlib import Path
 from bbucli.errors import DataError, UsageError
 from bbucli.evaluation.evaluate import evaluate
 from bbucli.evaluation.ground_truth import Split, read_split
+from bbucli.evaluation.output_paths import writable_dir
 from bbucli.evaluation.result import EvalResult
 from bbucli.evaluation.types import GroundTruth
 from bbucli.evaluation.writers import OVERLAYS, write_eval_dir
 from bbucli.infer.inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_K, SOURCES, Inference
 from bbucli.infer.predict import prediction_line
 from bbucli.model.checkpoint import Checkpoint, load_checkpoint
+from bbucli.model.checkpoint_layout import check_folder
 from bbucli.schema import Episode, Progress, Sample, write_json_atomic, write_jsonl_atomic
 from bbucli.taxonomy import Taxonomy
 
@@ -116,6 +119,10 @@ def evaluate_checkpoint(
         raise UsageError(f"sources must be among {', '.join(SOURCES)}, got {list(sources)!r}")
     if teachers is not None and teachers < 0:
         raise UsageError(f"--teachers must be >= 0, got {teachers}")
+    check_folder(Path(checkpoint))
+    base = Path(out_dir) if out_dir is not None else Path(checkpoint) / "eval"
+    if write:
+        writable_dir(base, "eval folder")
     report = progress or (lambda stage, done, total: None)
     report("load", 0, 1)
     import torch
@@ -161,7 +168,6 @@ def evaluate_checkpoint(
     )
     seconds = (time.perf_counter() - started) / max(len(scored), 1)
 
-    base = Path(out_dir) if out_dir is not None else ckpt.path / "eval"
     results = []
     for source in sources:
         found = predictions[source]

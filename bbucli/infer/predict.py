@@ -5,6 +5,11 @@ The JSONL is the bbu predictions format (`bbucli.evaluation.predictions`), one l
 `image` is the path as given, `width`/`height` the upright original image's size (the frame of
 `bbox_2d`), and lines of the `lm` source also carry `raw`, the generated text. It can be scored
 later with `bbu eval preds.jsonl --data GT` when the paths match the ground truth's keys.
+
+Outputs are checked writable before the model is loaded (`output_paths`). An image that cannot be
+predicted (unreadable, truncated, an aspect ratio the model cannot take) costs only itself: its
+batch is predicted again image by image, the others are predicted, written and rendered, and the
+failures come back in `PredictRun.failures`, one `Problem` per image.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bbucli.errors import DataError
+from bbucli.evaluation.output_paths import writable_dir, writable_file
 from bbucli.evaluation.predictions import prediction_record
 from bbucli.evaluation.render_detections import render_detections
 from bbucli.evaluation.writers import write_bytes_atomic
@@ -27,21 +33,24 @@ from bbucli.infer.inference import (
     Prediction,
     Source,
 )
-from bbucli.schema import Progress, write_jsonl_atomic
+from bbucli.model.checkpoint_layout import check_folder
+from bbucli.schema import Problem, Progress, write_jsonl_atomic
 from bbucli.taxonomy import Taxonomy
 
 
 @dataclass(frozen=True)
 class PredictRun:
-    """predictions: one per image, in order; records: their JSONL lines; out: the JSONL written
-    (None when not asked); renders: the pictures written (JPEG, original size: photos
-    are large, and PNG is slow and big for them)."""
+    """predictions: one per image predicted, in order; records: their JSONL lines; out: the JSONL
+    written (None when not asked); renders: the pictures written (JPEG, original size: photos
+    are large, and PNG is slow and big for them); failures: the images that could not be
+    predicted (where: the path as given), in order."""
 
     predictions: tuple[Prediction, ...]
     records: tuple[dict[str, Any], ...]
     out: Path | None
     renders: tuple[Path, ...]
     source: str
+    failures: tuple[Problem, ...] = ()
 
 
 def prediction_line(prediction: Prediction) -> dict[str, Any]:
@@ -66,6 +75,59 @@ def render_names(images: Sequence[str | Path]) -> list[str]:
     return names
 
 
+#: What one bad image raises while it is read and sized (DataError: unreadable; ValueError: an
+#: aspect ratio smart_resize refuses; OSError: a truncated file found while decoding).
+IMAGE_ERRORS = (DataError, ValueError, OSError)
+
+
+def _failure(image: str | Path, exc: Exception) -> Problem:
+    """The Problem of one image, named once, as given (where), not again in the message."""
+    if isinstance(exc, DataError):
+        message = exc.message
+        for name in (str(Path(image).absolute()), str(image)):
+            message = message.replace(f" '{name}'", "").replace(f" {name}", "")
+    elif isinstance(exc, ValueError):
+        message = f"cannot be resized for the model: {exc}"
+    else:  # OSError: found while decoding
+        message = f"cannot read image: {getattr(exc, 'strerror', None) or exc}"
+    return Problem(str(image), message)
+
+
+def predict_each(
+    inference: Inference,
+    images: Sequence[str | Path],
+    source: Source,
+    report: Progress,
+    **options: Any,
+) -> tuple[list[tuple[int, Prediction]], list[Problem]]:
+    """Predict `images` batch by batch; a batch that fails on an image is predicted again one
+    image at a time, so only the bad images are lost: ([(index, prediction)], [failures])."""
+    done: list[tuple[int, Prediction]] = []
+    failures: list[Problem] = []
+
+    def run(indices: list[int]) -> list[Prediction]:
+        chunk = [images[i] for i in indices]
+        found = inference.predict(chunk, sources=(source,), keys=[str(p) for p in chunk], **options)
+        return found[source]
+
+    step = inference.batch_size
+    for start in range(0, len(images), step):
+        indices = list(range(start, min(start + step, len(images))))
+        try:
+            done += zip(indices, run(indices), strict=True)
+        except IMAGE_ERRORS as batch_error:
+            if len(indices) == 1:
+                failures.append(_failure(images[start], batch_error))
+            else:
+                for i in indices:
+                    try:
+                        done += zip([i], run([i]), strict=True)
+                    except IMAGE_ERRORS as exc:
+                        failures.append(_failure(images[i], exc))
+        report("predict", indices[-1] + 1, len(images))
+    return done, failures
+
+
 def predict_images(
     checkpoint: str | Path,
     images: Sequence[str | Path],
@@ -82,12 +144,17 @@ def predict_images(
     progress: Progress | None = None,
 ) -> PredictRun:
     """Predict `images` (paths) with the checkpoint; write the JSONL to `out` and pictures into
-    `render_dir` when given. Raises DataError for a missing image before loading the model.
+    `render_dir` when given. Raises DataError for a missing image and UsageError for an output
+    that cannot be written, both before loading the model; an image that cannot be predicted is
+    a `failures` entry (module doc).
     progress: called as (stage, done, total) for the stages "load", "predict", "render"."""
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"image not found: {missing[0]}{more}", hint="pass existing image files")
+    check_folder(Path(checkpoint))  # before creating outputs for what is no checkpoint
+    out_path = writable_file(out, "predictions file") if out is not None else None
+    folder = writable_dir(render_dir, "render folder") if render_dir is not None else None
     report = progress or (lambda stage, done, total: None)
     report("load", 0, 1)
     inference = Inference.from_checkpoint(
@@ -95,32 +162,31 @@ def predict_images(
     )
     report("load", 1, 1)
     report("predict", 0, len(images))
-    found = inference.predict(
-        list(images),
-        sources=(source,),
+    found, failures = predict_each(
+        inference,
+        images,
+        source,
+        report,
         score_threshold=score_threshold,
         top_k=top_k,
         max_new_tokens=max_new_tokens,
-        keys=[str(p) for p in images],
-        progress=report,
     )
-    predictions = found[source]
+    predictions = [p for _, p in found]
     records = tuple(prediction_line(p) for p in predictions)
-    out_path = Path(out) if out is not None else None
     if out_path is not None:
         write_jsonl_atomic(out_path, records)
     renders: list[Path] = []
-    if render_dir is not None:
-        folder = Path(render_dir)
+    if folder is not None:
         taxonomy_file = Path(checkpoint) / "taxonomy.yaml"
         taxonomy = Taxonomy.load(taxonomy_file if taxonomy_file.is_file() else None)
-        for n, (image, name, p) in enumerate(
-            zip(images, render_names(images), predictions, strict=True), 1
-        ):
-            path = folder / name
+        names = render_names(images)
+        for n, (i, p) in enumerate(found, 1):
+            path = folder / names[i]
             buffer = io.BytesIO()
-            render_detections(image, p.detections, taxonomy).save(buffer, format="JPEG", quality=90)
+            render_detections(images[i], p.detections, taxonomy).save(buffer, format="JPEG", quality=90)
             write_bytes_atomic(path, buffer.getvalue())
             renders.append(path)
-            report("render", n, len(images))
-    return PredictRun(tuple(predictions), records, out_path, tuple(renders), source)
+            report("render", n, len(found))
+    return PredictRun(
+        tuple(predictions), records, out_path, tuple(renders), source, tuple(failures)
+    )

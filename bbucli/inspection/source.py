@@ -1,7 +1,8 @@
 """The JSONL under inspection: options, the ChatProcessor that counts, records by index, problems.
 
 Every view reads the file through here, so that a line that is not an episode, a missing or
-unreadable image and an episode over the token budget become the same `RecordProblem`
+unreadable image, a box reaching past its image and an episode over the token budget become the
+same `RecordProblem`
 (`file:line: message`, plus its kind) wherever they are met. Image paths are relative to the
 JSONL's folder.
 """
@@ -18,10 +19,19 @@ from bbucli.chat.processor import ChatProcessor, SampleBudget
 from bbucli.chat.prompts import build_prompts
 from bbucli.errors import DataError, UsageError
 from bbucli.inspection.jsonable import to_jsonable
-from bbucli.schema import Episode, Problem, RecordError, iter_episodes
+from bbucli.schema import (
+    Episode,
+    Problem,
+    RecordError,
+    iter_episodes,
+    objects_outside,
+    outside_image,
+)
 from bbucli.taxonomy import Taxonomy
 
-ProblemKind = Literal["invalid_record", "missing_image", "unreadable_image", "over_budget"]
+ProblemKind = Literal[
+    "invalid_record", "missing_image", "unreadable_image", "box_outside_image", "over_budget"
+]
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,24 @@ def image_problem(path: Path, line: int, exc: DataError) -> RecordProblem:
     """A DataError raised while reading an episode's images, as a RecordProblem of that line."""
     missing = isinstance(exc.__cause__, FileNotFoundError)
     return RecordProblem(path, line, "missing_image" if missing else "unreadable_image", exc.message)
+
+
+def outside_problem(
+    path: Path, line: int, episode: Episode, chat: ChatProcessor
+) -> RecordProblem | None:
+    """A box_outside_image RecordProblem when a box of the episode reaches past its stored image
+    (training refuses such boxes), else None. Reads image headers (cached; DataError when one is
+    unreadable)."""
+    parts = []
+    for sample in episode.samples:
+        width, height = chat.image_info(path.parent / sample.image).stored_wh
+        outside = objects_outside(sample.objects, width, height)
+        if outside:
+            parts.append(outside_image(sample.image, width, height, outside))
+    if not parts:
+        return None
+    message = "; ".join(parts) + " (training refuses boxes past the image)"
+    return RecordProblem(path, line, "box_outside_image", message)
 
 
 def budget_problem(path: Path, line: int, budget: SampleBudget, max_tokens: int) -> RecordProblem | None:

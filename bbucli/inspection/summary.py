@@ -2,8 +2,9 @@
 
 Token counts are `ChatProcessor.measure`'s, which reads image headers only (no pixel decode) and
 counts exactly what `process_sample` would produce, after the budget has dropped teachers. Every
-record is inspected on its own: a bad line, a missing image or an episode the budget skips
-becomes a `RecordProblem` and the rest of the file is still counted.
+record is inspected on its own: a bad line, a missing image, a box past its image or an episode
+the budget skips becomes a `RecordProblem` and the rest of the file is still counted (an episode
+with a box past its image is counted as it is, and listed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bbucli.inspection.source import (
     chat_processor,
     count_records,
     image_problem,
+    outside_problem,
 )
 from bbucli.schema import Progress, RecordError, iter_episodes
 
@@ -179,6 +181,9 @@ def summarize(
                 if info.needs_resize:
                     resized.add(sample.image)
         counts["image_refs"] += len(item.samples)
+        outside = outside_problem(path, line, item, chat)
+        if outside is not None:
+            problems.append(outside)
         student_classes.update(o.desc for o in item.student.objects)
         teacher_classes.update(o.desc for t in item.teachers for o in t.objects)
         if options.max_tokens is not None:

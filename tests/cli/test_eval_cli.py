@@ -101,6 +101,47 @@ def test_missing_files_and_bad_options_exit_2(files, tmp_path):
     assert invoke(preds, "--data", gt, "--backend", "tensorflow").exit_code == 2
 
 
+def blocked(tmp_path: Path) -> tuple[Path, Path]:
+    """(a regular file, a path under it): no one, root included, can create that folder."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder\n")
+    return blocker, blocker / "out"
+
+
+def test_an_unwritable_out_is_refused_before_scoring(files, tmp_path):
+    gt, preds = files
+    blocker, out = blocked(tmp_path)
+    result = invoke(preds, "--data", gt, "--backend", "pycocotools", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert str(out) in line and "AP / AP50" not in result.output
+    assert blocker.read_text() == "a file, not a folder\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "why"),
+    [
+        ("config.yaml", "data:\n  train: a.jsonl\n  val: b.jsonl\n", "config.yaml:1: invalid JSON"),
+        ("empty.jsonl", "", "no predictions record could be read"),
+        ("other.jsonl", json.dumps({"image": "images/elsewhere.jpeg", "objects": []}) + "\n", "none of its 1 record(s) names an image"),
+        ("coco.json", json.dumps([{"image_id": 99, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]), "no predictions record"),
+    ],
+)
+def test_predictions_matching_no_image_exit_1_and_write_nothing(files, tmp_path, name, text, why):
+    gt, _ = files
+    folder = tmp_path / "run"
+    folder.mkdir()
+    preds = folder / name
+    preds.write_text(text)
+    result = invoke(preds, "--data", gt, "--backend", "pycocotools")
+    assert result.exit_code == 1, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert str(preds) in line, line
+    assert why in result.output.replace("\n", " "), result.output
+    assert sorted(p.name for p in folder.iterdir()) == [name]  # no eval/ folder
+
+
 def test_help_shows_examples():
     result = runner.invoke(app, ["eval", "--help"])
     assert result.exit_code == 0
@@ -203,3 +244,12 @@ def test_checkpoint_on_a_split_whose_images_are_elsewhere_exits_1(checkpoint, tm
     assert f"{moved}: 2 of 2 images not found or unreadable" in result.output
     assert first in result.output
     assert not (out / "metrics.json").exists()
+
+
+def test_checkpoint_with_an_unwritable_out_is_refused_before_loading(checkpoint, tmp_path):
+    ckpt, val = checkpoint
+    blocker, out = blocked(tmp_path)
+    result = invoke(ckpt, "--data", val, "--out", out, "--teachers", "0")
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert str(out) in line and blocker.is_file()

@@ -157,3 +157,48 @@ def test_help_has_examples_and_exit_codes():
     assert "bbu inspect data.jsonl --index 3 --tokens" in result.output
     assert "Exit code 0 when the file was inspected, even with problems" in result.output
     assert invoke(Path("nope.jsonl")).exit_code == 2
+
+
+def _hostile(data: Path) -> tuple[Path, tuple[int, int]]:
+    """Line 1 good; 2 not UTF-8; 3 a student box far past its image; 4 one ending on its edge."""
+    good = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    past, edge = json.loads(json.dumps(good[1])), json.loads(json.dumps(good[2]))
+    past["student"]["objects"][0]["bbox_2d"] = [0, 0, 5000, 5000]
+    with Image.open(data.parent / edge["student"]["images"][0]) as image:
+        width, height = image.size
+    x1, y1 = edge["student"]["objects"][0]["bbox_2d"][:2]
+    edge["student"]["objects"][0]["bbox_2d"] = [x1, y1, width, height]
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in (good[0], past, edge)]
+    lines.insert(1, b'{"student": "caf\xe9"}')
+    path = data.parent / "hostile.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with Image.open(data.parent / past["student"]["images"][0]) as image:
+        return path, image.size
+
+
+def test_non_utf8_line_and_box_past_the_image_are_problems_by_line(data):
+    path, (width, height) = _hostile(data)
+    result = invoke(path, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    problems = {p["line"]: p for p in summary["problems"]}
+    assert set(problems) == {2, 3} and summary["episodes"] == 3
+    assert problems[2]["kind"] == "invalid_record"
+    assert problems[2]["message"] == "not UTF-8 text: byte 0xe9 at byte 17"
+    assert problems[3]["kind"] == "box_outside_image"
+    assert f"1 box(es) outside the {width}x{height} image" in problems[3]["message"]
+    assert "[0, 0, 5000, 5000]" in problems[3]["message"]
+    text = runner.invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
+    assert text.exit_code == 0 and "Traceback" not in text.output
+    assert "hostile.jsonl:2" in text.output and "hostile.jsonl:3" in text.output
+    assert "4: 3 inspected, 1 unreadable, 1 with boxes past their image" in text.output
+    assert "2 problem(s)" in text.output
+
+
+def test_an_image_given_as_the_jsonl_is_one_error_line(data):
+    photo = next((data.parent / "images").iterdir())
+    result = invoke(photo)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{photo.name} is not a JSONL file" in result.output
+    assert invoke(photo, "--index", "0").exit_code == 1

@@ -95,3 +95,51 @@ def test_bad_arguments(checkpoint, tmp_path):
 def test_help_shows_examples():
     result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "bbu predict runs/tiny/checkpoint-100" in result.output
+
+
+def bad_images(folder: Path) -> list[Path]:
+    """A text file named .jpg, a truncated JPEG and a 6000x20 image (an aspect ratio over 200)."""
+    text = folder / "notes.jpg"
+    text.write_text("not an image\n")
+    truncated = folder / "truncated.jpeg"
+    truncated.write_bytes(UPRIGHT.read_bytes()[: UPRIGHT.stat().st_size // 3])
+    thin = folder / "thin.png"
+    Image.new("RGB", (6000, 20), "gray").save(thin)
+    return [text, truncated, thin]
+
+
+def test_bad_images_are_reported_and_the_rest_written(checkpoint, tmp_path):
+    bad = bad_images(tmp_path)
+    preds, renders = tmp_path / "preds.jsonl", tmp_path / "renders"
+    args = [bad[0], UPRIGHT, bad[1], ROTATED, bad[2], "--out", preds, "--render", renders, "--batch-size", 2]
+    result = invoke(checkpoint, *args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, result.output
+    for path, line, why in zip(bad, errors, ("cannot identify image", "truncated", "aspect ratio"), strict=True):
+        assert line.startswith(f"error: {path}:") and why in line, line
+    lines = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [line["image"] for line in lines] == [str(UPRIGHT), str(ROTATED)]
+    assert {p.name for p in renders.iterdir()} == {f"{UPRIGHT.stem}.jpg", f"{ROTATED.stem}.jpg"}
+
+
+def test_bad_images_alone_to_stdout(checkpoint, tmp_path):
+    [text, *_] = bad_images(tmp_path)
+    result = invoke(checkpoint, text, UPRIGHT)
+    assert result.exit_code == 1, result.output
+    [line] = [json.loads(text) for text in result.stdout.splitlines() if text.startswith("{")]
+    assert line["image"] == str(UPRIGHT)
+    assert sum(line.startswith("error:") for line in result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", ["--out", "--render"])
+def test_an_unwritable_output_is_refused_before_predicting(checkpoint, tmp_path, option):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder\n")
+    target = blocker / "out"
+    result = invoke(checkpoint, UPRIGHT, option, target)
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert str(target) in line and "predicting" not in result.output
+    assert blocker.read_text() == "a file, not a folder\n"

@@ -172,3 +172,9 @@ def test_seed_changes_the_random_part_only() -> None:
     assert len(pools) > 1  # all tie: the seeded hash decides
     splits = {tuple(split_train_val([im.id for im in images], 0.3, s)[1]) for s in range(5)}
     assert len(splits) > 1
+
+
+def test_ids_that_are_not_utf8_text_still_hash():
+    odd = "\udcb2\udce2"  # a surrogate-escaped file name that is not UTF-8
+    train, val = split_train_val([odd, "a", "b"], 0.34, seed=0)
+    assert sorted(train + val) == sorted([odd, "a", "b"]) and len(val) == 1

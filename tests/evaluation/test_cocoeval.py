@@ -40,13 +40,6 @@ def det(image_id, x, y, w, h, score, cat=1):
     return {"image_id": image_id, "category_id": cat, "bbox": [x, y, w, h], "score": score}
 
 
-def det_inside(image_id, x, y, w, h, score, cat, wh=(640, 480)):
-    """A detection clipped to the image (evaluate clips boxes that stick out, pycocotools does not)."""
-    x1, y1 = min(max(x, 0), wh[0] - 2), min(max(y, 0), wh[1] - 2)
-    x2, y2 = max(min(x + w, wh[0]), x1 + 1), max(min(y + h, wh[1]), y1 + 1)
-    return det(image_id, x1, y1, x2 - x1, y2 - y1, score, cat)
-
-
 def plain_pycocotools(gt, results):
     """The textbook way: COCO(), loadRes, evaluate, accumulate, summarize."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -168,6 +161,18 @@ def test_unknown_categories_are_counted_and_reported():
     assert any("'mystery/thing' is not in the ground truth" in str(p) for p in result.problems)
 
 
+def test_a_prediction_half_outside_the_image_is_scored_as_given():
+    gt = gt_dict([[(150, 20, 40, 40, 1)]])  # 200x200 image, object at x 150..190
+    results = [det(1, 160, 20, 80, 40, 0.9)]  # x 160..240: IoU 0.375 as given, 0.75 if clipped to 200
+    plain_stats, _ = plain_pycocotools(gt, results)
+    ground_truth = ground_truth_from_coco(gt)
+    result = evaluate(predictions_from_coco(results, ground_truth), ground_truth, backend="pycocotools")
+    np.testing.assert_allclose(result.stats, plain_stats, atol=EXACT, rtol=0)
+    assert result.coco["AP50"] == 0.0 and result.operating_point.fp == 1
+    assert result.counts["out_of_image_predictions"] == 1
+    assert any("1 box(es) reach outside the 200x200 image" in str(p) and "scored as given" in str(p) for p in result.problems)
+
+
 def test_pycocotools_stdout_is_captured(capsys):
     cocoeval_bbox(gt_dict([[(0, 0, 10, 10, 1)]]), [det(1, 0, 0, 10, 10, 0.9)], backend="pycocotools")
     assert capsys.readouterr().out == ""
@@ -182,7 +187,8 @@ def test_unknown_backend_is_a_usage_error():
 
 
 def random_set(seed: int, n_images: int = 40, n_cats: int = 4):
-    """GT with crowd regions, areas that differ from the box, empty images; noisy predictions."""
+    """GT with crowd regions, areas that differ from the box, empty images; noisy predictions, some
+    reaching past the image (scored as given, as pycocotools scores them)."""
     rng = np.random.default_rng(seed)
     images, anns, results = [], [], []
     for image_id in range(1, n_images + 1):
@@ -196,9 +202,9 @@ def random_set(seed: int, n_images: int = 40, n_cats: int = 4):
             if rng.random() < 0.8:
                 jitter = rng.normal(0, 0.12, 4) * [w, h, w, h]
                 cat_pred = cat if rng.random() < 0.85 else int(rng.integers(1, n_cats + 1))
-                results.append(det_inside(image_id, x + jitter[0], y + jitter[1], max(w + jitter[2], 1), max(h + jitter[3], 1), float(rng.random()), cat_pred))
+                results.append(det(image_id, x + jitter[0], y + jitter[1], max(w + jitter[2], 1), max(h + jitter[3], 1), float(rng.random()), cat_pred))
         for _ in range(int(rng.integers(0, 3))):
-            results.append(det_inside(image_id, rng.uniform(0, 500), rng.uniform(0, 380), rng.uniform(4, 100), rng.uniform(4, 100), float(rng.random()), int(rng.integers(1, n_cats + 1))))
+            results.append(det(image_id, rng.uniform(0, 500), rng.uniform(0, 380), rng.uniform(4, 100), rng.uniform(4, 100), float(rng.random()), int(rng.integers(1, n_cats + 1))))
     cats = [{"id": c, "name": f"t{c % 2}/c{c}"} for c in range(1, n_cats + 1)]
     return {"images": images, "annotations": anns, "categories": cats}, results
 

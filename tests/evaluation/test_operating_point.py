@@ -53,6 +53,36 @@ def test_confusion_matrix_has_background_row_and_column():
     assert (per_class[B].tp, per_class[B].fp, per_class[B].fn) == (0, 1, 1)
 
 
+def test_predictions_of_a_category_the_ground_truth_lacks_are_false_positives():
+    gt = GroundTruth.from_images([GroundTruthImage.simple("i", 1, [box(0, 0), box(50, 50)], [A, A])])
+    odd = "mystery/thing"
+    preds = [Detections("i", [box(50, 50), box(0, 0), box(100, 100)], (odd, A, odd), [0.95, 0.9, 0.8])]
+    result = evaluate(preds, gt, threshold=0.5, backend="pycocotools")
+    op = result.operating_point
+    assert (op.tp, op.fp, op.fn, op.unknown_category_fp) == (1, 2, 1, 2)
+    assert op.precision == pytest.approx(1 / 3) and op.recall == 0.5
+    assert result.confusion.labels == (A, odd, "background")
+    assert result.confusion.counts == (
+        (1, 1, 0),  # A: one found, one taken for the mystery class
+        (0, 0, 0),  # the mystery class has no ground truth
+        (0, 1, 0),  # a mystery thing where there is nothing
+    )
+    row = {m.desc: m for m in result.per_class}[odd]
+    assert (row.category_id, row.gt, row.predictions, row.ap, row.ap50, row.tp, row.fp, row.fn) == (None, 0, 2, None, None, 0, 2, 0)
+    assert (row.precision, row.recall, row.f1) == (0.0, None, 0.0)
+    assert result.counts["unknown_category_predictions"] == 2
+    # Class-agnostic AP counts them too: the box on nothing is an FP below two TPs.
+    assert result.agnostic_coco["AP50"] == pytest.approx(1.0)
+
+
+def test_only_unknown_categories_give_precision_zero_not_undefined():
+    gt = GroundTruth.from_images([GroundTruthImage.simple("i", 1, [box(0, 0)], [A])])
+    preds = [Detections("i", [box(0, 0)], ("nonsense/class",), [0.9])]
+    op = evaluate(preds, gt, backend="pycocotools").operating_point
+    assert (op.threshold, op.tp, op.fp, op.fn, op.unknown_category_fp) == (0.9, 0, 1, 1, 1)
+    assert (op.precision, op.recall, op.f1) == (0.0, 0.0, 0.0)
+
+
 def test_escape_rate_counts_defects_on_images_without_a_matching_flag():
     new_defect = "screw/new_thing/incorrect"  # unknown to the taxonomy, but a defect state
     shield = "wind_shield/not_installed"

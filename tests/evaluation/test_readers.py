@@ -83,13 +83,14 @@ def test_malformed_lines_outside_boxes_and_unknown_images_reported_by_line(split
     assert any(t.startswith(f"{preds}:2: invalid JSON") for t in text)
     assert any(t.startswith(f"{preds}:3: image 'images/zzz.jpeg' is not in the ground truth") for t in text)
     assert any(t.startswith(f"{preds}:4: objects[3]: bbox_2d must be xyxy") for t in text)
-    outside = next(t for t in text if t.startswith(f"{preds}:4: 2 box(es) outside the 200x100 image"))
-    assert "1 of them wholly outside and dropped" in outside and "[190, 90, 260, 140]" in outside
+    outside = next(t for t in text if t.startswith(f"{preds}:4: 2 box(es) reach outside the 200x100 image"))
+    assert "1 of them wholly outside; scored as given" in outside and "[190, 90, 260, 140]" in outside
     assert any(t.startswith(f"{preds}:5: a line must be a JSON object") for t in text)
     assert any(t.startswith(f"{preds}:6: objects[0]: bbox_2d must be 4 finite numbers") for t in text)
-    # The rest is scored: both screws found, the clipped box is a false positive below them.
+    # The rest is scored as given: both screws found, the two outside boxes false positives below them.
     assert result.coco["AP"] == pytest.approx(1.0, abs=1e-12)
-    assert result.counts["predictions_scored"] == 3 and result.counts["prediction_records"] == 4
+    assert result.counts["predictions_scored"] == 4 and result.counts["prediction_records"] == 4
+    assert result.counts["out_of_image_predictions"] == 2
     assert result.operating_point.tp == 2
 
 
