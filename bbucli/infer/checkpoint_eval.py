@@ -135,15 +135,8 @@ def evaluate_checkpoint(
     ground_truth = split.ground_truth
     taxonomy = _taxonomy(taxonomy, ckpt)
     k = _teacher_count(teachers, ckpt, ground_truth)
-    inference = Inference(
-        ckpt.model,
-        ckpt.processor,
-        ckpt.prompts(),
-        batch_size=batch_size,
-        device=resolved_device,
-        max_tokens=ckpt.max_tokens,
-        class_descs=ckpt.class_descs(),
-        hypotheses=hypotheses,
+    inference = Inference.of_checkpoint(
+        ckpt, device=resolved_device, batch_size=batch_size, hypotheses=hypotheses
     )
 
     unreadable = [image.key for image in ground_truth.images if image.file is None]

@@ -141,6 +141,16 @@ class Inference:
         checkpoint = load_checkpoint(
             path, device=device, dtype=dtype, attn_implementation=attn_implementation
         )
+        return cls.of_checkpoint(
+            checkpoint, device=device, batch_size=batch_size, hypotheses=hypotheses
+        )
+
+    @classmethod
+    def of_checkpoint(
+        cls, checkpoint: Any, *, device: str | torch.device, batch_size: int = 4, hypotheses: int = 1
+    ) -> Inference:
+        """An `Inference` over an already loaded `Checkpoint`, with its prompts, token budget and
+        trained class descs."""
         return cls(
             checkpoint.model,
             checkpoint.processor,
