@@ -9,15 +9,21 @@ EXIF orientation, as phones do) into a temp folder, then times, in the same run:
   (b) ours:  bbucli.convert.images.resize_to_file (draft decode, reduce, BICUBIC, transpose last);
   (c) ours in a process pool of each --workers size.
 Both paths write the same JPEG settings (quality 95, 4:4:4), so the ratio measures the pipeline.
-Each figure is the best of --repeat runs. Also prints PSNR of (b) against (a) before encoding.
+Each figure is the best of --repeat runs, (a) and (b) taking turns in each. Also prints PSNR of
+(b) against (a) before encoding (the quality guard), the same for (b) with a BILINEAR resample
+(cheaper, less sharp), and where (b)'s time goes: a cProfile of resize_to_file over every photo,
+its time split by the C call that spends it (JPEG decode, resample, transpose, JPEG encode, file
+system), with the speed-up that would remain if resampling cost nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import math
 import os
 import platform
+import pstats
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -106,24 +112,30 @@ def ours(src: Path, dst: Path, dst_wh: tuple[int, int]) -> None:
     resize_to_file(src, dst, dst_wh)
 
 
+def ours_bilinear(src: Path, dst: Path, dst_wh: tuple[int, int]) -> None:
+    resize_to_file(src, dst, dst_wh, resample=Image.Resampling.BILINEAR)
+
+
 def _job(args: tuple[str, Path, Path, tuple[int, int]]) -> None:
     name, src, dst, dst_wh = args
     (naive if name == "naive" else ours)(src, dst, dst_wh)
 
 
 def time_serial(
-    fn: Callable[[Path, Path, tuple[int, int]], None], jobs, repeat: int
-) -> tuple[float, float]:
-    """Best wall-clock and best CPU seconds of this process over `repeat` runs of all jobs (CPU
-    time is what to compare on a busy machine)."""
-    best_wall = best_cpu = math.inf
+    paths: Sequence[tuple[Callable[[Path, Path, tuple[int, int]], None], list]], repeat: int
+) -> list[tuple[float, float]]:
+    """Best wall-clock and best CPU seconds of this process over `repeat` runs of all jobs, for
+    each `(fn, jobs)`; the paths take turns within each run, so that load from other processes
+    on a shared machine falls on all of them alike (CPU time is what to compare there)."""
+    best = [(math.inf, math.inf) for _ in paths]
     for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        for src, dst, dst_wh in jobs:
-            fn(src, dst, dst_wh)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-    return best_wall, best_cpu
+        for k, (fn, jobs) in enumerate(paths):
+            wall, cpu = time.perf_counter(), time.process_time()
+            for src, dst, dst_wh in jobs:
+                fn(src, dst, dst_wh)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best[k] = (min(best[k][0], wall), min(best[k][1], cpu))
+    return best
 
 
 def time_pool(workers: int, jobs, repeat: int) -> float:
@@ -136,6 +148,33 @@ def time_pool(workers: int, jobs, repeat: int) -> float:
             list(pool.map(_job, tasks, chunksize=2))
             best = min(best, time.perf_counter() - start)
     return best
+
+
+# cProfile entries (file, line, name) -> stage: the C calls that do the work in resize_to_file.
+_STAGES = (
+    ("decode", ("'decode' of 'ImagingDecoder'",)),
+    ("resample", ("'resize' of 'ImagingCore'", "'reduce' of 'ImagingCore'")),
+    ("transpose", ("'transpose' of 'ImagingCore'",)),
+    ("encode", ("'encode_to_file' of 'ImagingEncoder'", "'encode' of 'ImagingEncoder'")),
+    ("file system", ("posix.", "'close' of '_io", "'write' of '_io", "io.open", "_io.open")),
+)
+
+
+def profile_stages(jobs) -> dict[str, float]:
+    """Seconds per image of resize_to_file, by stage (cProfile, one pass over `jobs`)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for src, dst, dst_wh in jobs:
+        ours(src, dst, dst_wh)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in stats.values())  # tottime of every function
+    stages = dict.fromkeys([name for name, _ in _STAGES] + ["Python"], 0.0)
+    for (_, _, function), entry in stats.items():
+        stage = next((name for name, keys in _STAGES if any(k in function for k in keys)), "Python")
+        stages[stage] += entry[2]
+    assert abs(sum(stages.values()) - total) < 1e-9
+    return {name: seconds / len(jobs) for name, seconds in stages.items()}
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -156,7 +195,7 @@ def machine() -> str:
     return f"{cores} cores, {model}, Python {platform.python_version()}, Pillow {PIL.__version__}"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48, help="number of photos (default 48)")
     parser.add_argument("--size", default="1440x1920", help="upright WxH of the photos")
@@ -165,7 +204,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--noise", type=float, default=3.0, help="sensor noise std; less noise decodes faster"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure, best kept")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Print every figure of this benchmark and return them (benchmarks/packing_report.py)."""
     wh = tuple(int(v) for v in args.size.lower().split("x"))
     dst_wh = resized_wh(wh, max_pixels=MAX_PIXELS)
 
@@ -188,23 +231,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"with EXIF rotation; target {dst_wh[0]}x{dst_wh[1]} (max_pixels {MAX_PIXELS})"
         )
         load_before = os.getloadavg()[0]
-        t_naive, cpu_naive = time_serial(naive, jobs_naive, args.repeat)
-        t_ours, cpu_ours = time_serial(ours, jobs_ours, args.repeat)
+        (t_naive, cpu_naive), (t_ours, cpu_ours), (t_bilinear, cpu_bilinear) = time_serial(
+            [(naive, jobs_naive), (ours, jobs_ours), (ours_bilinear, jobs_ours)], args.repeat
+        )
         rows = [
             ("naive Pillow", 1, t_naive, cpu_naive),
             ("bbu resize_to_file", 1, t_ours, cpu_ours),
+            ("bbu, BILINEAR resample", 1, t_bilinear, cpu_bilinear),
         ]
         rows += [
             ("bbu resize_to_file, pool", w, time_pool(w, jobs_ours, args.repeat), None)
             for w in args.workers
         ]
         load_after = os.getloadavg()[0]
-        scores = []
+        stages = profile_stages(jobs_ours)
+        scores, scores_bilinear = [], []
         for src, _, _ in jobs_ours[: min(12, len(jobs_ours))]:
             with Image.open(src) as image:
                 reference = ImageOps.exif_transpose(image).convert("RGB")
             reference = reference.resize(dst_wh, Image.Resampling.LANCZOS)
             scores.append(psnr(open_resized(src, dst_wh)[0], reference))
+            bilinear = open_resized(src, dst_wh, resample=Image.Resampling.BILINEAR)[0]
+            scores_bilinear.append(psnr(bilinear, reference))
 
     n = args.images
     print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after timing")
@@ -222,8 +270,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f"PSNR of ours vs naive, before JPEG encoding ({len(scores)} images): "
-        f"min {min(scores):.1f} dB, mean {sum(scores) / len(scores):.1f} dB"
+        f"min {min(scores):.1f} dB, mean {sum(scores) / len(scores):.1f} dB "
+        f"(BILINEAR: min {min(scores_bilinear):.1f} dB, "
+        f"mean {sum(scores_bilinear) / len(scores_bilinear):.1f} dB)"
     )
+    profiled = sum(stages.values())
+    print(f"\nwhere resize_to_file's time goes (cProfile, {profiled * 1e3:.1f} ms/image profiled):")
+    for name, seconds in stages.items():
+        print(f"  {name:<12}{seconds * 1e3:6.2f} ms  {100 * seconds / profiled:4.0f}%")
+    ceiling = t_naive / n / max(profiled - stages["resample"], 1e-9)
+    print(f"  speed-up vs naive if resampling were free: {ceiling:.2f}x")
+    return {
+        "machine": machine(),
+        "images": n,
+        "size": list(wh),
+        "target": list(dst_wh),
+        "load_average": [load_before, load_after],
+        "images_per_s": {
+            f"{name}{'' if workers == 1 and 'pool' not in name else f', {workers} workers'}": (
+                n / seconds
+            )
+            for name, workers, seconds, _ in rows
+        },
+        "speedup_vs_naive": t_naive / t_ours,
+        "speedup_vs_naive_cpu": cpu_naive / cpu_ours,
+        "speedup_bilinear_vs_naive": t_naive / t_bilinear,
+        "psnr_db": {"min": min(scores), "mean": sum(scores) / len(scores)},
+        "psnr_bilinear_db": {
+            "min": min(scores_bilinear),
+            "mean": sum(scores_bilinear) / len(scores_bilinear),
+        },
+        "stage_ms_per_image": {name: seconds * 1e3 for name, seconds in stages.items()},
+        "speedup_ceiling_free_resample": ceiling,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    measure(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark: padding of standard batches vs packed bins, and tiny-model step time padded vs packed.
 
     python benchmarks/packing.py [--budget 8192] [--batch-size 4] [--max-tokens 8192]
-                                 [--timing-samples 8] [--repeat 3] [--threads 1]
+                                 [--timing-samples 8] [--repeat 3] [--threads 1] [--padding-only]
 
 The length mix is that of the bundled examples: examples/raw converted twice, with one and with two
 teachers per student (train + val episodes of each), counted by `ChatProcessor.measure` exactly
@@ -9,8 +9,11 @@ as training tokenises them.
 
 Padding: pad-token share of standard batches of --batch-size (file order, and sorted by length)
 against the budget share packed bins of --budget leave unused (`bbucli.inspection.batching`, the
-training sampler's first-fit decreasing), on the real episodes and on 1,000 episodes drawn from
-their lengths (a dataset of realistic size; bin packing fills better with more samples).
+training sampler's `pack_bins`), on the real episodes and on 1,000 episodes drawn from their
+lengths (a dataset of realistic size; bin packing fills better with more samples). Next to it:
+first-fit decreasing alone, the lower bound ceil(tokens / budget), and at --budget the fewest bins
+any packing can reach (the cutting-stock integer program, solvable here because the mix has few
+distinct lengths), and the seconds `pack_bins` takes for 10,000 episodes.
 
 Step time: forward + backward of the random-weight tiny Qwen2.5-VL (fp32, CPU, --threads torch
 threads) over the first --timing-samples episodes, per real token; median of --repeat rounds after
@@ -21,9 +24,9 @@ shared machine then falls on all of them alike). Each configuration runs twice: 
   packed, sdpa mask                    `PackedDataCollator` rows, transformers' own packed-sequence
                                        mask (what runs on CPU today: attention over the whole row,
                                        masked, O(L^2) per row);
-  packed, per-sample attention         the same rows with causal attention run sample by sample
-                                       (a stand-in for flash-attention-2 varlen, what runs on GPU;
-                                       checked here to give the same logits as the sdpa mask).
+  packed, sdpa_varlen                  the same rows under `model.attn: sdpa_varlen` (the default
+                                       without flash-attn): causal sdpa run sample by sample, no
+                                       mask (checked here to give the same states as the sdpa mask).
 The loss is the LM loss at supervised positions only, `lm_head` applied in checkpointed chunks
 (as the training loss does, so (L, 151k) logits never exist); it costs the same padded or packed.
 """
@@ -31,6 +34,8 @@ The loss is the LM loss at supervised positions only, `lm_head` applied in check
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import os
 import platform
 import random
@@ -40,22 +45,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import Bounds, LinearConstraint, milp
 from torch.utils.checkpoint import checkpoint
-from transformers import AttentionInterface
 
 from bbucli.chat.processor import ChatProcessorOutput
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset
 from bbucli.data.collators import PackedDataCollator, StandardDataCollator
+from bbucli.data.sampler import first_fit_decreasing, pack_bins
 from bbucli.inspection.batching import batching_stats, packed_bins
 from bbucli.inspection.source import InspectOptions, chat_processor
 from bbucli.model.loading import load_model
+from bbucli.model.varlen_attention import ATTN_VARLEN, varlen_kwargs
 from bbucli.schema import read_episodes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "raw"
 PAD_ID = 151643
-VARLEN = "bbu_per_sample_sdpa"
 CHUNK = 1024
 
 
@@ -68,24 +75,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def per_sample_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Causal attention within each packed sample: the row is cut where the text positions
-    (`position_ids`, row 0 of the packed ids) restart at 0. query (1, H, L, D) -> (1, L, H, D)."""
-    starts = torch.nonzero(kwargs["position_ids"][0] == 0).flatten().tolist() + [query.shape[2]]
-    parts = [
-        F.scaled_dot_product_attention(
-            query[:, :, a:b],
-            key[:, :, a:b],
-            value[:, :, a:b],
-            is_causal=True,
-            scale=scaling,
-            enable_gqa=True,
-        )
-        for a, b in zip(starts[:-1], starts[1:], strict=True)
-    ]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
 def lm_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -108,6 +97,8 @@ def forward_hidden(model: Any, batch: dict, packed: bool) -> torch.Tensor:
     inputs = {k: batch[k] for k in ("input_ids", "position_ids", "pixel_values", "image_grid_thw")}
     if not packed:
         inputs["attention_mask"] = batch["attention_mask"]
+    elif model.config.text_config._attn_implementation == ATTN_VARLEN:
+        inputs.update(varlen_kwargs(batch["cu_seqlens"], batch["input_ids"].device))  # as BBUModel
     return model.model(**inputs, use_cache=False).last_hidden_state
 
 
@@ -136,22 +127,85 @@ def length_mix(folder: Path, max_tokens: int) -> tuple[list[int], list[tuple[Pat
     return lengths, episodes
 
 
-def print_padding(title: str, lengths: list[int], batch_size: int, budgets: list[int]) -> None:
+def print_padding(
+    title: str, lengths: list[int], batch_size: int, budgets: list[int]
+) -> list[dict[str, Any]]:
+    """Print (and return) padding of standard batches against packed bins for each budget; the
+    packed bins next to first-fit decreasing alone and to the lower bound ceil(tokens / budget)."""
     print(
         f"{title}: {len(lengths)} episodes, tokens min {min(lengths)} / median "
         f"{statistics.median(lengths):g} / max {max(lengths)}"
     )
+    figures = []
     for budget in budgets:
         s = batching_stats(lengths, batch_size, budget)
+        fitting = [n for n in lengths if n <= budget]
+        bound_bins = -(-sum(fitting) // budget)
+        ffd_bins = len(first_fit_decreasing(fitting, budget))
+        figures.append(
+            {
+                "episodes": len(lengths),
+                "budget": budget,
+                "standard_pad_file_order": s.standard_pad_file_order,
+                "standard_pad_sorted": s.standard_pad_sorted,
+                "packed_bins": s.packed_bins,
+                "packed_unused": s.packed_unused,
+                "ffd_bins": ffd_bins,
+                "ffd_unused": 1 - sum(fitting) / (ffd_bins * budget) if ffd_bins else 0.0,
+                "lower_bound_bins": bound_bins,
+                "lower_bound_unused": 1 - sum(fitting) / (bound_bins * budget) if fitting else 0.0,
+            }
+        )
+        f = figures[-1]
         print(
             f"  B={batch_size}: pad {100 * s.standard_pad_file_order:5.1f}% file order, "
             f"{100 * s.standard_pad_sorted:5.1f}% length-sorted | packed {budget}: "
             f"{100 * s.packed_unused:4.1f}% of the budget unused, {s.packed_bins} bins "
-            f"({s.samples_per_bin:.1f} samples/bin), no pad tokens"
+            f"({s.samples_per_bin:.1f} samples/bin), no pad tokens; first-fit decreasing "
+            f"{100 * f['ffd_unused']:.1f}% ({ffd_bins}), lower bound "
+            f"{100 * f['lower_bound_unused']:.1f}% ({bound_bins})"
         )
+    return figures
 
 
-def main() -> None:
+def packing_speed(lengths: list[int], budget: int, n: int = 10_000) -> float:
+    """Seconds `pack_bins` takes for `n` episodes drawn from `lengths` (what the sampler pays
+    once per run)."""
+    drawn = random.Random(1).choices(lengths, k=n)
+    start = time.perf_counter()
+    pack_bins(drawn, budget)
+    return time.perf_counter() - start
+
+
+def optimum_bins(lengths: list[int], budget: int, max_patterns: int = 20_000) -> int | None:
+    """The fewest bins any packing can use, for a mix of few distinct lengths: the cutting-stock
+    integer program over every pattern (multiset of lengths fitting the budget), solved by
+    scipy's HiGHS. None when there are too many patterns to list."""
+    counts = collections.Counter(n for n in lengths if n <= budget)
+    sizes = sorted(counts)
+    if not sizes:
+        return 0
+    most = budget // sizes[0]
+    patterns = []
+    for r in range(1, most + 1):
+        for combo in itertools.combinations_with_replacement(range(len(sizes)), r):
+            if sum(sizes[i] for i in combo) <= budget:
+                patterns.append(collections.Counter(combo))
+                if len(patterns) > max_patterns:
+                    return None
+    uses = np.array([[p[i] for p in patterns] for i in range(len(sizes))], dtype=float)
+    need = np.array([counts[n] for n in sizes], dtype=float)
+    result = milp(
+        np.ones(len(patterns)),
+        constraints=LinearConstraint(uses, lb=need, ub=np.inf),
+        integrality=np.ones(len(patterns)),
+        bounds=Bounds(0, np.inf),
+        options={"time_limit": 60},
+    )
+    return round(result.fun) if result.success else None
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -159,7 +213,15 @@ def main() -> None:
     parser.add_argument("--timing-samples", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--padding-only", action="store_true", help="skip the step timings (seconds, not minutes)"
+    )
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Print every figure of this benchmark and return them (benchmarks/packing_report.py)."""
+    results: dict[str, Any] = {}
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
@@ -170,9 +232,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lengths, episodes = length_mix(Path(tmp), args.max_tokens)
         budgets = [args.budget, 2 * args.budget, 4 * args.budget]
-        print_padding("examples, K=1 and K=2", lengths, args.batch_size, budgets)
+        results["padding_examples"] = print_padding(
+            "examples, K=1 and K=2", lengths, args.batch_size, budgets
+        )
         drawn = random.Random(0).choices(lengths, k=1000)
-        print_padding("1,000 drawn from that mix", drawn, args.batch_size, budgets)
+        results["padding_drawn_1000"] = print_padding(
+            "1,000 drawn from that mix", drawn, args.batch_size, budgets
+        )
+        for key, mix in (("examples", lengths), ("drawn_1000", drawn)):
+            best = optimum_bins(mix, args.budget)
+            results[f"optimum_bins_{key}"] = best
+            if best:
+                fitting = sum(n for n in mix if n <= args.budget)
+                print(
+                    f"fewest bins possible at {args.budget}, {key}: {best} "
+                    f"({100 * (1 - fitting / (best * args.budget)):.1f}% unused; cutting-stock "
+                    "integer program)"
+                )
+        results["pack_seconds_10k"] = packing_speed(lengths, args.budget)
+        print(f"pack_bins on 10,000 drawn episodes: {results['pack_seconds_10k']:.2f} s")
+        if args.padding_only:
+            return results
 
         chat = chat_processor(InspectOptions(max_tokens=args.max_tokens))
         chosen = episodes[: args.timing_samples]
@@ -192,22 +272,21 @@ def main() -> None:
         rows = [packed(bin_) for bin_ in bins]
 
         model = load_model("tiny", attn_implementation="sdpa")
-        AttentionInterface.register(VARLEN, per_sample_sdpa)
         with torch.no_grad():
             reference = forward_hidden(model, rows[0], packed=True)
-            set_text_attention(model, VARLEN)
+            set_text_attention(model, ATTN_VARLEN)
             diff = (forward_hidden(model, rows[0], packed=True) - reference).abs().max().item()
             set_text_attention(model, "sdpa")
         print(
             f"\nstep time on {len(samples)} episodes ({real:,} real tokens), median of "
-            f"{args.repeat}; per-sample attention == sdpa mask within {diff:.1e}"
+            f"{args.repeat}; sdpa_varlen == sdpa mask within {diff:.1e}"
         )
 
         configs = (
             ("padded, file order", padded_file, False, "sdpa"),
             ("padded, length-sorted", padded_sorted, False, "sdpa"),
             ("packed, sdpa mask", rows, True, "sdpa"),
-            ("packed, per-sample attention", rows, True, VARLEN),
+            ("packed, sdpa_varlen", rows, True, ATTN_VARLEN),
         )
         for with_head, title in (
             (False, "body only (vision + decoder)"),
@@ -225,20 +304,31 @@ def main() -> None:
                         step(model, batch, is_packed, with_head)
                     if round_:
                         times[name].append(time.perf_counter() - start)
-            results = {name: statistics.median(t) for name, t in times.items()}
+            seconds = {name: statistics.median(t) for name, t in times.items()}
+            results["step_body" if not with_head else "step_full"] = {
+                "episodes": len(samples),
+                "real_tokens": real,
+                "seconds": seconds,
+                "varlen_max_abs_diff": diff,
+            }
             for name, batches, _, _ in configs:
                 slots = sum(batch["input_ids"].numel() for batch in batches)
                 print(
                     f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
-                    f"({100 * (1 - real / slots):4.1f}% pad): {results[name]:6.2f} s, "
-                    f"{1e6 * results[name] / real:6.1f} us/real token"
+                    f"({100 * (1 - real / slots):4.1f}% pad): {seconds[name]:6.2f} s, "
+                    f"{1e6 * seconds[name] / real:6.1f} us/real token"
                 )
-            for name in ("packed, sdpa mask", "packed, per-sample attention"):
+            for name in ("packed, sdpa mask", "packed, sdpa_varlen"):
                 print(
-                    f"  -> {name}: {results['padded, file order'] / results[name]:.2f}x padded "
-                    f"file order, {results['padded, length-sorted'] / results[name]:.2f}x padded "
+                    f"  -> {name}: {seconds['padded, file order'] / seconds[name]:.2f}x padded "
+                    f"file order, {seconds['padded, length-sorted'] / seconds[name]:.2f}x padded "
                     "length-sorted (per real token)"
                 )
+    return results
+
+
+def main() -> None:
+    measure(build_parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ Where the student image and turn lie is the ChatProcessor's knowledge, carried b
 padded row, or the packed row; the model turns them into positions without searching the tokens.
 
 Packed rows follow the collator's form (`position_ids` (4, 1, L), no `attention_mask`, no cache);
-under flash-attention-2 the row's `cu_seqlens` also go to the attention as varlen boundaries.
+under flash-attention-2 and `sdpa_varlen` the row's `cu_seqlens` also go to the attention as
+varlen boundaries.
 Only named inputs go to the Qwen model, never `**batch`: transformers hands unknown keywords to the
 vision tower too, which would take the row's `cu_seqlens` for its own patch boundaries.
 Parameter names: `qwen.*` (the Qwen2.5-VL model), `head.*` (`DetectionHead`).
@@ -47,6 +48,7 @@ from bbucli.errors import ConfigError
 from bbucli.model.caption_vocab import CaptionVocab
 from bbucli.model.head import DetectionHead, HeadConfig, HeadOutput
 from bbucli.model.pixel_stem import student_pixels
+from bbucli.model.varlen_attention import ATTN_VARLEN, varlen_kwargs
 
 
 @dataclass(frozen=True)
@@ -273,21 +275,16 @@ class BBUModel(nn.Module):
             handle.remove()
 
     def _varlen_kwargs(self, batch: Mapping[str, Any], packed: bool) -> dict[str, Any]:
-        """flash-attention-2 varlen boundaries of a packed row, passed explicitly so that the
-        attention needs no pass over the position ids. Other backends get nothing: sdpa and eager
-        build their per-sample mask from the position ids' text row."""
+        """Varlen boundaries of a packed row for flash-attention-2 and `sdpa_varlen`, passed
+        explicitly so that the attention needs no pass over the position ids. Other backends get
+        nothing: sdpa and eager build their per-sample mask from the position ids' text row."""
         from transformers.utils.generic import is_flash_attention_requested
 
-        if not packed or not is_flash_attention_requested(self.qwen.config.text_config):
+        text_config = self.qwen.config.text_config
+        varlen = text_config._attn_implementation == ATTN_VARLEN
+        if not packed or not (varlen or is_flash_attention_requested(text_config)):
             return {}
-        cu = batch["cu_seqlens"].to(device=batch["input_ids"].device, dtype=torch.int32)
-        longest = int((cu[1:] - cu[:-1]).max())
-        return {
-            "cu_seq_lens_q": cu,
-            "cu_seq_lens_k": cu,
-            "max_length_q": longest,
-            "max_length_k": longest,
-        }
+        return varlen_kwargs(batch["cu_seqlens"], batch["input_ids"].device)
 
     def _layout(self, batch: Mapping[str, Any], packed: bool) -> _StudentLayout:
         """Every head sample's memory positions from the collator's student spans (host-side index

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bbucli.errors import ModelError
+from bbucli.model.varlen_attention import ATTN_VARLEN, register_varlen_attention
 
 if TYPE_CHECKING:
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = (ATTN_VARLEN, "sdpa", "eager", "flash_attention_2")
 
 # Text decoder of the tiny model: real vocabulary and special ids, toy widths. head_dim is
 # hidden/heads = 32, so mrope_section must sum to 16. use_cache is off: with a cache the mask
@@ -167,7 +168,8 @@ def load_model(
     global RNG is left untouched), fp32 on CPU unless `dtype` says otherwise. A folder: loaded with
     `from_pretrained(local_files_only=True)`, `dtype` default bf16 when CUDA is available else fp32,
     on CPU (the caller places it). `attn_implementation` default: "flash_attention_2" when
-    flash_attn is importable, CUDA is available and the dtype is bf16/fp16; else "sdpa".
+    flash_attn is importable, CUDA is available and the dtype is bf16/fp16; else "sdpa_varlen"
+    (`bbucli.model.varlen_attention`: sdpa with per-sample attention in packed rows).
     """
     import torch
 
@@ -251,9 +253,10 @@ def _resolve_dtype(dtype: torch.dtype | str | None, default: torch.dtype | None)
 def _resolve_attention(requested: str | None, dtype: torch.dtype) -> str:
     import torch
 
+    register_varlen_attention()
     if requested is None:
         half = dtype in (torch.bfloat16, torch.float16)
-        return "flash_attention_2" if half and flash_attention_available() else "sdpa"
+        return "flash_attention_2" if half and flash_attention_available() else ATTN_VARLEN
     if requested not in ATTN_IMPLEMENTATIONS:
         raise ModelError(
             f"unknown attn_implementation {requested!r}",

@@ -1,4 +1,5 @@
-"""Token-budget bin packing: every sample exactly once, bins within budget, deterministic, per-epoch order."""
+"""Token-budget bin packing: every sample exactly once, bins within budget, rows filled,
+deterministic, per-epoch order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bbucli.data.sampler import TokenBudgetBatchSampler, first_fit_decreasing
+from bbucli.data.sampler import (
+    TokenBudgetBatchSampler,
+    first_fit_decreasing,
+    pack_bins,
+    repair_bins,
+)
 
 
 def naive_ffd(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -42,6 +48,70 @@ def test_ffd_packs_every_sample_once_within_budget(lengths: list[int], capacity:
     for b in bins:
         assert sum(lengths[i] for i in b) <= capacity or len(b) == 1
     assert bins == naive_ffd(lengths, capacity)
+
+
+def unused(lengths: list[int], bins: list[list[int]], capacity: int) -> float:
+    return 1 - sum(lengths) / (len(bins) * capacity)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=300), max_size=80),
+    st.integers(min_value=1, max_value=256),
+)
+def test_pack_bins_places_every_sample_once_within_budget(
+    lengths: list[int], capacity: int
+) -> None:
+    bins = pack_bins(lengths, capacity)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    for b in bins:
+        assert sum(lengths[i] for i in b) <= capacity or len(b) == 1
+    assert len(bins) <= len(first_fit_decreasing(lengths, capacity))
+    assert bins == pack_bins(lengths, capacity)
+
+
+def test_pack_bins_fills_rows_of_the_training_length_mix() -> None:
+    # Chat samples of 1,700-4,200 tokens (one or two teachers) in rows of 8192: 2-4 per row,
+    # where first-fit decreasing leaves gaps no remaining sample fits.
+    rng = random.Random(0)
+    lengths = [rng.randint(1700, 4200) for _ in range(1000)]
+    sampler = TokenBudgetBatchSampler(lengths, max_tokens_per_batch=8192, seed=1)
+    bins = sampler.bins
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert max(sum(lengths[i] for i in b) for b in bins) <= 8192
+    assert unused(lengths, first_fit_decreasing(lengths, 8192), 8192) > 0.05
+    assert unused(lengths, bins, 8192) < 0.02
+    assert sampler.padding_fraction() == pytest.approx(unused(lengths, bins, 8192))
+
+
+def test_pack_bins_groups_hold_the_whole_mix_when_the_file_is_sorted_by_length() -> None:
+    # 2,100 samples are repaired in 3 groups; dealt from the length order, each group is a
+    # sample of the whole mix, not a run of short or long ones.
+    rng = random.Random(0)
+    lengths = sorted(rng.randint(1700, 4200) for _ in range(2100))
+    bins = pack_bins(lengths, 8192)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert max(sum(lengths[i] for i in b) for b in bins) <= 8192
+    assert unused(lengths, bins, 8192) < 0.02
+
+
+def test_pack_bins_is_deterministic_and_orders_bins_longest_first() -> None:
+    rng = random.Random(2)
+    lengths = [rng.choice([1727, 2000, 2715, 2738, 3055, 3654, 4043, 4201]) for _ in range(300)]
+    bins = pack_bins(lengths, 8192)
+    assert bins == pack_bins(list(lengths), 8192)
+    for b in bins:
+        assert b == sorted(b, key=lambda i: (-lengths[i], i))
+    firsts = [(-lengths[b[0]], b[0]) for b in bins]
+    assert firsts == sorted(firsts)
+
+
+def test_repair_never_adds_bins_and_rejects_oversized() -> None:
+    lengths = [5, 5, 5, 5, 6, 6]
+    ffd = first_fit_decreasing(lengths, 10)
+    assert len(repair_bins(lengths, 10, ffd)) <= len(ffd)
+    with pytest.raises(ValueError, match="fit the capacity"):
+        repair_bins([12], 10, [[0]])
 
 
 def test_oversized_sample_gets_its_own_bin() -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from bbucli.chat.loading import load_processor
 from bbucli.errors import ModelError
 from bbucli.model.loading import load_model, meta_skeleton, tiny_config
+from bbucli.model.varlen_attention import ATTN_VARLEN
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_tiny_forward_backward_on_a_real_image(batch):
     model = load_model()
     assert (
         next(model.parameters()).dtype == torch.float32
-        and model.config._attn_implementation == "sdpa"
+        and model.config._attn_implementation == ATTN_VARLEN
     )
     start = time.perf_counter()
     out = model(**batch)
@@ -99,7 +100,8 @@ def test_local_folder_round_trip(batch, tmp_path):
     model = load_model(seed=3)
     model.save_pretrained(tmp_path)
     loaded = load_model(tmp_path, dtype="fp32")
-    assert loaded.training and loaded.config._attn_implementation == "sdpa"
+    assert loaded.training and loaded.config._attn_implementation == ATTN_VARLEN
+    assert "sdpa_varlen" not in (tmp_path / "config.json").read_text()  # plain transformers loads it
     assert loaded.config.text_config.use_cache is False
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, model(**batch).logits)
