@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bbucli.convert.images import to_rgb
 from bbucli.errors import DataError, ModelError
 from bbucli.geometry import is_fixed_point, resized_wh, scale_box_xyxy
 from bbucli.schema import DetObject, Sample
@@ -68,7 +69,7 @@ def memory_image_info(
 ) -> ImageInfo:
     """An image given in memory, as `read_image_info` reads a file (EXIF orientation applied); its
     pixels travel in the ImageInfo, `name` only names it."""
-    upright = ImageOps.exif_transpose(image).convert("RGB")
+    upright = to_rgb(ImageOps.exif_transpose(image))
     return _sized(name, upright.size, min_pixels, max_pixels, upright)
 
 
@@ -87,12 +88,22 @@ def _sized(
 
 
 def load_model_pixels(info: ImageInfo) -> Image.Image:
-    """Decode the image upright as RGB at `info.model_wh` (resized when the file is not there)."""
+    """Decode the image upright as RGB at `info.model_wh` (resized when the file is not there).
+
+    DataError naming the file when its pixels do not decode (a truncated or corrupt file whose
+    header reads fine)."""
     if info.pixels is not None:
         im = info.pixels
     else:
-        with Image.open(info.path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
+        try:
+            with Image.open(info.path) as im:
+                im = to_rgb(ImageOps.exif_transpose(im))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            # PIL reports a bad stream as OSError ("image file is truncated"), SyntaxError (a
+            # broken PNG chunk) or ValueError.
+            raise DataError(
+                f"cannot decode image {info.path}: {exc}", hint="re-export or remove it"
+            ) from exc
     if im.size != info.stored_wh:
         raise DataError(f"image {info.path} changed size between header and decode")
     if info.needs_resize:

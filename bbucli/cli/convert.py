@@ -1,4 +1,4 @@
-"""`bbu convert RAW_DIR OUT.jsonl`: parse options, run `convert_dataset` with a progress bar, render
+"""`bbu convert RAW_DIR --out OUT.jsonl`: parse options, run `convert_dataset` with a progress bar, render
 its report as tables."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -15,21 +16,23 @@ from bbucli.cli.console import err, handle_errors, out
 from bbucli.cli.options import Lang, Unknown
 from bbucli.convert.pipeline import ConvertOptions, IssuesFound, convert_dataset, output_paths
 from bbucli.convert.report import ConvertReport
+from bbucli.errors import UsageError
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 ISSUES_SHOWN = 15
+INTERRUPTED = 130  # the shell's exit status for a command stopped by Ctrl-C (128 + SIGINT)
 STAGES = {"read": "reading annotations", "check": "checking images", "resize": "resizing images"}
 
 
 HELP = """Convert a raw annotation export into teacher/student JSONL for training.
 
-Reads every vendor (markResult / dataList), Labelme and COCO JSON under RAW_DIR, maps labels through the taxonomy, resizes each photo once (EXIF-upright, smart_resize) into OUT_DIR/images/, picks a teacher pool, splits train/val and writes OUT.jsonl (train), OUT.val.jsonl, OUT.teachers.jsonl and OUT.report.json. Every problem in the input is counted in the report.
+Reads every vendor (markResult / dataList), Labelme and COCO JSON under RAW_DIR, maps labels through the taxonomy, resizes each photo once (EXIF-upright, smart_resize) into OUT_DIR/images/, picks a teacher pool, splits train/val and writes OUT.jsonl (--out, the train split), OUT.val.jsonl, OUT.teachers.jsonl and OUT.report.json. Every problem in the input is counted in the report. OUT may also be given as a second argument (the spelling of bbu 0.1).
 
 [bold]Examples[/]
 
-[cyan]bbu convert examples/raw runs/data/bbu.jsonl --teachers 1 --val-ratio 0.2 --lang en[/]
+[cyan]bbu convert examples/raw --out runs/data/bbu.jsonl --teachers 1 --val-ratio 0.2 --lang en[/]
 
-[cyan]bbu convert raw/ data/bbu.jsonl --dry-run --strict[/]  (check an export, write nothing)
+[cyan]bbu convert raw/ -o data/bbu.jsonl --dry-run --strict[/]  (check an export, write nothing)
 """
 
 
@@ -48,6 +51,8 @@ def _summary(report: ConvertReport, paths: dict[str, Path]) -> Table:
         table.add_row("unknown labels", "\n".join(f"{n:>5}  {label}" for label, n in report.unknown_labels.items()))
     table.add_row("teacher pool", ", ".join(report.teacher_pool) or "none")
     table.add_row("split", ", ".join(f"{k} {v}" for k, v in report.split_sizes.items()) or "-")
+    if report.warnings:
+        table.add_row("warnings", "\n".join(report.warnings), style="yellow")
     if not report.dry_run:
         folder = paths["train"].parent
         names = ", ".join(p.name + ("/" if key == "images" else "") for key, p in paths.items())
@@ -81,13 +86,16 @@ def _render(report: ConvertReport, paths: dict[str, Path]) -> None:
     if report.issues:
         out.print(_issues(report))
     out.print(_summary(report, paths))
+    for warning in report.warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 @app.command("convert", help=HELP)
 @handle_errors
 def convert(
-    raw_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder with the annotation export (searched recursively).")],
-    out_jsonl: Annotated[Path, typer.Argument(help="Train JSONL to write; siblings .val.jsonl, .teachers.jsonl, .report.json and images/ go beside it.")],
+    raw_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, metavar="RAW_DIR", help="Folder with the annotation export (searched recursively).")],
+    out_argument: Annotated[Path | None, typer.Argument(metavar="OUT", show_default=False, help="The older spelling of --out.")] = None,
+    out_option: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False, help="Train JSONL to write; siblings .val.jsonl, .teachers.jsonl, .report.json and images/ go beside it.")] = None,
     teachers: Annotated[int, typer.Option("--teachers", "-k", help="Teachers (annotated examples) per student.")] = 1,
     pool: Annotated[int | None, typer.Option("--pool", help="Teacher pool size (default: about a quarter of the images, at most 8).")] = None,
     val_ratio: Annotated[float, typer.Option("--val-ratio", help="Share of non-teacher images for validation.")] = 0.1,
@@ -103,6 +111,10 @@ def convert(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read, check and split, but write nothing.")] = False,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality of the resized images.")] = 95,
 ) -> None:
+    if (out_argument is None) == (out_option is None):
+        given = "twice" if out_option is not None else "no output"
+        raise UsageError(f"{given}: name the train JSONL to write once, with --out OUT.jsonl", hint="bbu convert RAW_DIR --out OUT.jsonl")
+    out_jsonl = out_option or out_argument
     options = ConvertOptions(
         teachers=teachers, pool=pool, val_ratio=val_ratio, seed=seed, min_pixels=min_pixels,
         max_pixels=max_pixels, taxonomy=taxonomy, unknown=unknown.value, lang=lang.value,
@@ -126,4 +138,10 @@ def convert(
             bar.stop()
             _render(exc.report, paths)
             raise
+        except KeyboardInterrupt:
+            # convert_dataset swaps the new dataset in whole or not at all (Ctrl-C is held off
+            # during the swap), so an interrupt that reaches here changed nothing.
+            bar.stop()
+            err.print("interrupted, nothing changed", highlight=False)
+            raise typer.Exit(INTERRUPTED) from None
     _render(report, paths)

@@ -39,11 +39,11 @@ if TYPE_CHECKING:  # the views import torch; `bbu --help` must not
 
 HELP = """Inspect a teacher/student JSONL before spending GPU hours: tokens, budget, batching, tensors.
 
-Default view, the whole file: episodes, images, objects per class, tokens per episode (min / median / p95 / max) split into text / vision / answer, how many episodes exceed --max-tokens, and the padding of standard batches of --batch-size (in file order and length-sorted) against packed bins of --batch-tokens. Counts are exactly what training's ChatProcessor produces, read from image headers without decoding pixels.
+Default view, the whole file: episodes, images, objects per class, tokens per episode (min / median / p95 / max) split into text / vision / answer, how many episodes exceed --max-tokens, and the padding of standard batches of --batch-size (in file order and length-sorted) against packed bins of --batch-tokens. Counts are exactly what training's ChatProcessor produces, read from image headers without decoding pixels; --verify-images also decodes every image as training does (slower), which finds truncated or corrupt files (training skips their samples, and stops past max(10, 1%) of them).
 
---index I shows the I-th record (0-based, blank lines skipped) turn by turn; --tensors, --tokens and --render show that record too (index 0 when --index is not given). --text STRING shows a string's token ids and pieces. --json prints the views asked for as one JSON object.
+--index I shows the I-th record (0-based, blank lines skipped) turn by turn; --tensors, --tokens and --render show that record too (index 0 when --index is not given). --render DIR draws it into DIR/<file stem>-<I>.png (a path ending in .png is taken as the picture itself); the place is checked writable before anything is read. --text STRING shows a string's token ids and pieces. --json prints the views asked for as one JSON object.
 
-Bad input does not stop the summary: a line that is not an episode (or not UTF-8 text), a missing or unreadable image, a box reaching past its image (training refuses it) and an episode over --max-tokens are listed as FILE:LINE problems and the rest of the file is inspected. Exit code 0 when the file was inspected, even with problems; 1 when nothing in it could be inspected, or the record asked for with --index cannot be; 2 for bad options.
+Bad input does not stop the summary: a line that is not an episode (or not UTF-8 text), a missing or unreadable image, an image path leaving the JSONL's folder (absolute or ../), a box reaching past its image (training refuses it) and an episode over --max-tokens are listed as FILE:LINE problems and the rest of the file is inspected. Exit code 0 when the file was inspected, even with problems; 1 when nothing in it could be inspected, or the record asked for with --index cannot be; 2 for bad options.
 
 [bold]Examples[/]
 
@@ -55,7 +55,9 @@ Bad input does not stop the summary: a line that is not an episode (or not UTF-8
 
 [cyan]bbu inspect data.jsonl --index 3 --tensors --batch-size 2[/]
 
-[cyan]bbu inspect data.jsonl --index 3 --render ep3.png[/]
+[cyan]bbu inspect data.jsonl --index 3 --render renders/[/]  (renders/data-3.png)
+
+[cyan]bbu inspect data.jsonl --verify-images[/]  (decode every image: finds truncated files)
 
 [cyan]bbu inspect data.jsonl --text "连接点（螺丝）" --model /models/Qwen2.5-VL-7B-Instruct[/]
 
@@ -67,8 +69,13 @@ def _summarize(file: Path, options: InspectOptions, quiet: bool) -> DatasetSumma
     from bbucli.inspection.summary import summarize
 
     with Progress(
-        TextColumn("inspecting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=quiet,
+        TextColumn("inspecting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=quiet,
     ) as bar:
         task = bar.add_task("inspect", total=None)
 
@@ -139,9 +146,18 @@ def inspect(
     render: Annotated[
         Path | None,
         typer.Option(
-            "--render", help="Draw the record's images with boxes and labels into this PNG."
+            "--render",
+            help="Folder to draw the record's images with boxes and labels into "
+            "(DIR/<file stem>-<index>.png; a path ending in .png: that file).",
         ),
     ] = None,
+    verify_images: Annotated[
+        bool,
+        typer.Option(
+            "--verify-images",
+            help="Decode every image fully, as training does (slower): finds truncated files.",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the views as one JSON object.")
     ] = False,
@@ -152,17 +168,27 @@ def inspect(
         ),
     ] = Lang.zh,
 ) -> None:
+    from bbucli.evaluation.output_paths import writable_file
     from bbucli.inspection.episode import describe, process_record
-    from bbucli.inspection.render import render_episode
+    from bbucli.inspection.render import render_episode, render_path
     from bbucli.inspection.source import InspectOptions
     from bbucli.inspection.tensors import tensors_of
     from bbucli.inspection.tokens import stream_of, text_tokens
 
     options = InspectOptions(
-        model=model, lang=lang.value, max_tokens=max_tokens, batch_tokens=batch_tokens,
+        model=model,
+        lang=lang.value,
+        max_tokens=max_tokens,
+        batch_tokens=batch_tokens,
         batch_size=batch_size,
+        verify_images=verify_images,
     )
     options.check()
+    picture = None
+    if render is not None:  # before any work: a picture that cannot be written is lost work
+        picture = writable_file(
+            render_path(render, file, index or 0), "--render picture", create=False
+        )
     payload: dict[str, Any] = {}
     show: list[Any] = []
     if text is not None:
@@ -183,8 +209,8 @@ def inspect(
             stream = stream_of(record)
             payload["tokens"] = stream.to_dict()
             show += [legend(), token_text(stream)]
-        if render is not None:
-            drawn = render_episode(file, index or 0, render)
+        if picture is not None:
+            drawn = render_episode(file, index or 0, picture)
             payload["render"] = drawn.to_dict()
             show.append(render_line(drawn))
     summary = None

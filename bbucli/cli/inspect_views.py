@@ -46,6 +46,12 @@ def summary_tables(s: DatasetSummary) -> list[Table]:
         f"{s.images} distinct, {s.image_refs} referenced; {s.images_resized} not at the "
         "smart_resize fixed point (resized when training)",
     )
+    table.add_row(
+        "pixels",
+        f"{s.images_decoded} images decoded as training decodes them"
+        if s.images_decoded
+        else "not decoded (headers only; --verify-images finds truncated files)",
+    )
     v = s.vision_per_image
     table.add_row("vision tokens/image", f"min {v.min} / median {v.median:g} / max {v.max}")
     table.add_row(

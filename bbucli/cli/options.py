@@ -6,9 +6,12 @@ Typer turns each `str` Enum into a choice list; a command reads the chosen `.val
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
-__all__ = ["Backend", "DType", "EvalSource", "Lang", "Source", "Unknown"]
+from bbucli.errors import UsageError
+
+__all__ = ["Backend", "DType", "EvalSource", "Lang", "Source", "Unknown", "check_threshold"]
 
 
 class Lang(str, Enum):
@@ -56,3 +59,20 @@ class Unknown(str, Enum):
     keep = "keep"
     drop = "drop"
     error = "error"
+
+
+def check_threshold(threshold: float | None, source: str) -> None:
+    """UsageError unless a `--threshold` lies where the scores of `source` do: [0, 1] for the
+    head (objectness x class probability), <= 0 for lm (a mean token log-probability)."""
+    if threshold is None:
+        return
+    head = source == Source.head.value
+    if math.isfinite(threshold) and (0.0 <= threshold <= 1.0 if head else threshold <= 0.0):
+        return
+    where = (
+        "in [0, 1] (objectness x class probability)" if head else "<= 0 (a mean log-probability)"
+    )
+    raise UsageError(
+        f"--threshold {threshold:g} is out of range: {source} scores lie {where}",
+        hint="pass a threshold in that range, or leave it out",
+    )

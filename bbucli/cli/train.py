@@ -33,7 +33,9 @@ HELP = """Train Qwen2.5-VL + the detection head on a config YAML.
 
 The config is validated in full before anything loads (every problem listed, exit code 2). KEY=VALUE overrides use dotted keys and YAML values (optim.lrs.llm=2e-5, data.packing=false, train.report_to=\\[tensorboard]); paths in overrides are relative to the working directory.
 
-Writes into train.output_dir: config.yaml, taxonomy.yaml, run.json, metrics.jsonl, checkpoint-N/ (a bbu checkpoint plus the Trainer's resume state) and final/.
+Writes into train.output_dir: config.yaml, taxonomy.yaml, run.json, metrics.jsonl, checkpoint-N/ (a bbu checkpoint plus the Trainer's resume state) and final/. The folder is checked writable before anything is built (exit code 2).
+
+A sample whose image cannot be decoded when it is drawn (a truncated file: its header reads, so `bbu inspect` passes it unless --verify-images) is skipped and counted (unreadable_samples in metrics.jsonl, listed in the summary); more than max(10, 1% of the train split) stop the run with exit code 1.
 
 [bold]Examples[/]
 
@@ -208,6 +210,9 @@ def _summary(result: TrainResult) -> Table:
     for name, stats in (("train data", result.train), ("val data", result.val)):
         if stats is not None:
             table.add_row(name, f"{stats.samples} samples of {stats.episodes} episodes, {stats.skipped_too_long} skipped (too long), {stats.teachers_dropped} teachers dropped")
+    if result.unreadable:
+        shown = "\n".join(escape(reason) for reason in list(result.unreadable.values())[:5])
+        table.add_row("unreadable (skipped)", f"{len(result.unreadable)} sample(s)\n{shown}")
     return table
 
 

@@ -5,19 +5,27 @@ Walks `raw_dir` recursively in sorted order (hidden entries skipped), so results
 Every `*.json` is decoded and detected as vendor (`markResult`/`dataList`), Labelme (`shapes`) or
 COCO (`images` + `annotations`). Pairing: vendor by stem beside the JSON; Labelme by `imagePath`
 (relative to the JSON, `\\` accepted) then by stem; COCO by `file_name` relative to the JSON's
-folder or its `images/`; all of them finally by a stem unique in the whole tree. Two annotated
-images with the same stem would overwrite each other's stored image: the first in path order is
-kept, the others are reported as `duplicate_stem`. Folder links are followed, each real folder
-once, so a symlink loop neither repeats files nor hangs the walk.
+folder or its `images/`; all of them finally by a stem unique in the whole tree. A reference is
+normalised (`../img/x.jpeg`, `..\\img\\x.jpeg`) to the file the walk found, so it counts as
+annotated; one that leaves the input folder (`../../`, an absolute path) is read from there and
+reported as `outside_input`. Annotated images that share a stem in different folders (two
+cameras' `DSC_0001`) are all kept, each stored as `<stem>-<6 hex digits>`, a hash of its path
+relative to the input folder; an image annotated twice keeps the first annotation in path order
+(`duplicate_image`). Folder links are followed, each real folder once, so a symlink loop neither
+repeats files nor hangs the walk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bbucli.convert.coco import is_coco, read_coco
 from bbucli.convert.labelme import is_labelme, read_labelme
@@ -92,10 +100,30 @@ def _walk(root: Path, exclude: frozenset[Path]) -> tuple[list[Path], list[Path]]
     return sorted(jsons), sorted(images)
 
 
+# A JSON `\uD800`-`\uDFFF` escape: it may decode to a lone surrogate, which no UTF-8 output takes.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _valid_text(data: Any) -> Any:
+    """`data` (decoded JSON) with every string, keys too, passed through `text_name`."""
+    if isinstance(data, str):
+        return text_name(data)
+    if isinstance(data, list):
+        return [_valid_text(v) for v in data]
+    if isinstance(data, dict):
+        return {text_name(k): _valid_text(v) for k, v in data.items()}
+    return data
+
+
 def read_annotation(path: Path, rel: str) -> ReadResult:
-    """Decode one JSON file and read it with the matching reader; problems become issues."""
+    """Decode one JSON file and read it with the matching reader; problems become issues. A
+    string holding a lone surrogate (`"\\ud800"`) is escaped (`text_name`), so a label or an image
+    path can always be printed and written."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        text = path.read_bytes().decode("utf-8-sig")
+        data = json.loads(text)
+        if _SURROGATE_ESCAPE.search(text):
+            data = _valid_text(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return ReadResult(issues=(Issue("corrupt_json", rel, str(exc)[:120]),))
     except OSError as exc:
@@ -113,7 +141,12 @@ class _ImageIndex:
     def __init__(self, images: Iterable[Path]) -> None:
         self.by_folder: dict[tuple[Path, str], list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
+        self.by_real: dict[Path, Path] = {}  # resolved path -> the path the walk found
+        self.files: set[Path] = set()
         for path in images:
+            self.files.add(path)
+            with contextlib.suppress(OSError, RuntimeError):
+                self.by_real.setdefault(path.resolve(), path)
             stem = text_name(path.stem)  # as `RawImage.stem` spells it
             self.by_folder.setdefault((path.parent, stem), []).append(path)
             self.by_stem.setdefault(stem, []).append(path)
@@ -128,13 +161,47 @@ class _ImageIndex:
 
 
 def _pair(image: RawImage, index: _ImageIndex) -> Path | None:
+    """The image file of `image`: the walked path of its reference when the walk found that file
+    (however the reference spells it), else the resolved file it names; None when none exists."""
     folder = image.annotation_path.parent
     if image.image_ref:
         ref = image.image_ref.replace("\\", "/")
         for candidate in (folder / ref, folder / "images" / ref, folder / Path(ref).name):
-            if candidate.is_file():
-                return candidate
+            try:
+                if candidate.is_file():
+                    real = candidate.resolve()
+                    return index.by_real.get(real, real)
+            except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the name
+                continue
     return index.beside(folder, image.stem) or index.unique(image.stem)
+
+
+def _outside(path: Path, root: Path, index: _ImageIndex) -> bool:
+    """Whether a paired image lies outside the input folder (reached by `../` or an absolute
+    reference): not a file the walk found, and not under `root` either."""
+    return path not in index.files and not path.is_relative_to(root)
+
+
+def _unique_stems(images: list[RawImage], root: Path) -> list[RawImage]:
+    """`images` with `unique_stem` set on every one whose stem another image shares: the stem plus
+    a short hash of the image's path relative to `root` (longer if that is taken too)."""
+    by_stem: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        by_stem.setdefault(image.stem, []).append(i)
+    taken = set(by_stem)
+    out = list(images)
+    for stem, members in by_stem.items():
+        if len(members) < 2:
+            continue
+        for i in members:
+            rel = rel_name(images[i].image_path, root).encode("utf-8", "surrogatepass")
+            for size in range(3, 17):
+                name = f"{stem}-{hashlib.blake2b(rel, digest_size=size).hexdigest()}"
+                if name not in taken:
+                    break
+            taken.add(name)
+            out[i] = replace(images[i], unique_stem=name)
+    return out
 
 
 def discover(
@@ -151,8 +218,7 @@ def discover(
     issues: list[Issue] = []
     formats: Counter[str] = Counter()
     paired: list[RawImage] = []
-    used_stems: dict[str, str] = {}
-    used_files: set[Path] = set()
+    used_files: dict[Path, str] = {}
     referenced: set[Path] = set()
     found = 0
     if not jsons:
@@ -172,13 +238,13 @@ def discover(
                 continue
             image = replace(image, image_path=image_path)
             referenced.add(image_path)
-            if image.stem in used_stems or image_path in used_files:
-                first = used_stems.get(image.stem, "another annotation")
-                detail = f"{image.stem!r} already taken by {first}"
-                issues.append(Issue("duplicate_stem", rel, detail, len(image.objects), image_dropped=True))
+            if image_path in used_files:
+                detail = f"{rel_name(image_path, root)} already annotated by {used_files[image_path]}"
+                issues.append(Issue("duplicate_image", rel, detail, len(image.objects), image_dropped=True))
                 continue
-            used_stems[image.stem] = shown
-            used_files.add(image_path)
+            if _outside(image_path, root, index):
+                issues.append(Issue("outside_input", rel, f"{shown} leaves the input folder"))
+            used_files[image_path] = shown
             paired.append(image)
         if progress is not None:
             progress("read", i + 1, len(jsons))
@@ -188,4 +254,5 @@ def discover(
     for path in image_files:
         if path not in referenced:
             issues.append(Issue("unannotated_image", rel_name(path, root), "no annotation refers to it"))
+    paired = _unique_stems(paired, root)
     return Discovery(root, tuple(paired), tuple(issues), len(jsons), dict(sorted(formats.items())), found)

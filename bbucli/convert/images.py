@@ -1,4 +1,6 @@
-"""Image files for `convert`: upright sizes from headers, and the one resize each photo gets.
+"""Image files for `convert`: upright sizes from headers, and the one resize each photo gets; and
+`to_rgb`, the one conversion of decoded pixels to 8-bit RGB (16-bit greyscale scaled, not
+clipped to white; alpha on white) that convert and predict both use.
 
 Frames: the *stored* frame is the pixel grid as encoded in the file; the *upright* frame is the
 photo after its EXIF Orientation is applied (what annotation platforms show and what `info.width/
@@ -15,7 +17,10 @@ or resamples more pixels than it needs:
 3. apply the EXIF orientation to the small result (an exact pixel permutation, cheap at that size).
 Measured (benchmarks/convert.py, one core): 2.3x the images/s of decode + exif_transpose +
 LANCZOS at full size for 1440x1920 photos, 5.6x for 12 MP ones, at ~40 dB PSNR from that path.
-Half of what remains at 1440x1920 is Huffman decoding, which no DCT scale skips.
+Its profile at 1440x1920 (ms per image, 17 in all): JPEG decode 6.6 (Huffman decoding, which no
+DCT scale skips: a 1/2 draft decodes in 85% of the full decode's time), BICUBIC resample 6.3,
+encode 2.1, file system 0.8, the rest Python. With resampling free it would be 3.4x; BILINEAR
+saves a third of the resample (2.7x) for 3.2 dB, so BICUBIC, the processor's own filter, stays.
 `draft_margin=1.25` keeps the PSNR >= ~38 dB for every source size (a draft landing within
 1.03x of the target measured 36 dB; 1.35x, 40 dB).
 """
@@ -174,9 +179,38 @@ def _draft(
     return None if drafted is None else drafted[1]
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """`image` in 8 bits per channel, scaled when it has more: Pillow's `convert("RGB"/"L")`
+    clips 16-bit, 32-bit and float greyscale (modes I;16*, I, F) at 255, which turns a 16-bit PNG
+    white. Scale: I;16* by its full range (65535 -> 255); I and F by the smallest of 255,
+    65535 (16-bit data in a 32-bit mode) and the image's own maximum that holds its values, and F
+    within [0, 1] by 1. Returns an L image for those modes, `image` itself for any other."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    if image.mode.startswith("I;16"):
+        top: float = 65535
+    else:
+        high = image.getextrema()[1]
+        if image.mode == "F" and high <= 1.0:
+            top = 1.0
+        else:
+            top = next(t for t in (255, 65535, high) if high <= t)
+    wide = image if image.mode in ("I", "F") else image.convert("I")
+    return wide.point(lambda v: v * (255 / top)).convert("L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as RGB the way the model's processor would take it: high bit depths scaled
+    (`to_8bit`), alpha composited on white. The one conversion convert and predict share."""
+    image = _to_rgb_or_l(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def _to_rgb_or_l(image: Image.Image) -> Image.Image:
     """Pixels in a mode that resamples well: L and RGB stay (L is converted after the resize, at
-    a third of the cost), alpha is composited on white, everything else becomes RGB."""
+    a third of the cost), high bit depths are scaled to L (`to_8bit`), alpha is composited on
+    white, everything else becomes RGB."""
+    image = to_8bit(image)
     if image.mode in ("RGB", "L"):
         return image
     if image.has_transparency_data:

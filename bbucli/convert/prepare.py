@@ -8,7 +8,8 @@ Steps for a `RawImage`, each failure an `Issue` (see `raw.REASONS`):
 4. per object: label through the taxonomy (`unknown_label`: drop, keep as-is, or DataError), box
    to the upright frame, clipped to it (`clipped` when more than 1 px is cut, `out_of_frame` when
    nothing is left), scaled once to the stored frame with `geometry.scale_box_xyxy`;
-5. no object left -> `no_objects` drops the image.
+5. an object equal to an earlier one (desc and stored box) -> `duplicate_object`, dropped;
+6. no object left -> `no_objects` drops the image.
 Frames: raw boxes are original pixels of the declared frame; `PreparedImage.objects` are integer
 xyxy pixels of the stored image of size `stored_wh`.
 """
@@ -53,7 +54,8 @@ class PreparedImage:
 
     @property
     def stem(self) -> str:
-        return self.raw.stem
+        """The image's identity in the dataset: its stored `images/<stem>.jpeg` and episode id."""
+        return self.raw.unique_stem or self.raw.stem
 
 
 def _desc(obj: RawObject, policy: LabelPolicy, rel: str, where: str, tally: Tally) -> str | None:
@@ -82,8 +84,11 @@ def _objects(
     rel: str,
     tally: Tally,
 ) -> list[DetObject]:
-    """Objects of `raw` mapped to integer xyxy pixels of the stored frame (`stored_wh`)."""
+    """Objects of `raw` mapped to integer xyxy pixels of the stored frame (`stored_wh`). An object
+    with the desc and stored box of one kept before is dropped (`duplicate_object`): two equal
+    targets would make the matcher pair one and score the other as a miss."""
     kept: list[DetObject] = []
+    first: dict[DetObject, str] = {}
     for i, obj in enumerate(raw.objects):
         where = (obj.ref or f"object {i}") + (f" of {raw.image_ref}" if raw.image_ref else "")
         desc = _desc(obj, policy, rel, where, tally)
@@ -100,7 +105,12 @@ def _objects(
             continue
         if cut:
             tally.note(Issue("clipped", rel, f"{where} ({obj.label}): box {shown} clipped to {orig_wh}"))
-        kept.append(DetObject(scale_box_xyxy(clipped, orig_wh, stored_wh), desc))
+        det = DetObject(scale_box_xyxy(clipped, orig_wh, stored_wh), desc)
+        if det in first:
+            tally.note(Issue("duplicate_object", rel, f"{where} ({obj.label}): same box and label as {first[det]}", 1))
+            continue
+        first[det] = obj.ref or f"object {i}"
+        kept.append(det)
     return kept
 
 

@@ -30,7 +30,8 @@ REASONS: dict[str, str] = {
     "missing_image": "image dropped: no image file found for the annotation",
     "unreadable_image": "image dropped: the image file cannot be decoded",
     "unannotated_image": "note: an image file no annotation refers to (not converted)",
-    "duplicate_stem": "image dropped: another annotation file already uses this stem",
+    "duplicate_image": "image dropped: another annotation file already annotates this image file",
+    "outside_input": "note: the image path leaves the input folder (../ or absolute); read from there",
     "size_mismatch": "image dropped: declared size fits neither the image nor a rotation/scale of it",
     "size_rescaled": "note: declared size is a uniform scale of the image; boxes rescaled",
     "exif_frame": "note: boxes are in the pre-EXIF (stored) frame; boxes rotated upright",
@@ -45,6 +46,7 @@ REASONS: dict[str, str] = {
     "out_of_frame": "object dropped: box lies outside the image",
     "clipped": "note: box partly outside the image; clipped to it",
     "missing_label": "object dropped: no label",
+    "duplicate_object": "object dropped: same label and box (in the stored image) as another object of the image",
     "unknown_label": "object dropped (--unknown drop) or kept as-is (--unknown keep): label not in the taxonomy",
 }
 
@@ -104,6 +106,9 @@ class RawImage:
     objects: tuple[RawObject, ...]
     fmt: str
     image_ref: str | None = None
+    #: The name the stored image and the episode id take when another image shares `stem`
+    #: (discovery sets it: stem + a hash of the image's path); None when the stem is unique.
+    unique_stem: str | None = None
 
     @property
     def stem(self) -> str:

@@ -37,6 +37,8 @@ class ConvertReport:
     options: dict[str, Any]
     taxonomy: dict[str, str]
     dry_run: bool = False
+    #: Sentences about the result a user should act on (an empty val split).
+    warnings: tuple[str, ...] = ()
     timing_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self, include_timing: bool = False) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class ConvertReport:
             "options": dict(self.options),
             "taxonomy": dict(self.taxonomy),
             "dry_run": self.dry_run,
+            "warnings": list(self.warnings),
         }
         if include_timing:
             out["timing_s"] = dict(self.timing_s)

@@ -4,7 +4,8 @@ computed only to be lost at the end.
 
 A check creates the folder (and its parents) and writes and removes a probe file in it: what is
 refused is what would fail, whoever runs it (a permission check alone lets root through, and misses
-a parent that is a regular file).
+a parent that is a regular file). `writable_dir(..., create=False)` leaves no trace: it probes the
+nearest folder that exists, where the missing ones would be created.
 """
 
 from __future__ import annotations
@@ -28,20 +29,33 @@ def _probe(folder: Path) -> str | None:
     return None
 
 
-def writable_dir(folder: str | Path, what: str = "output folder") -> Path:
-    """Create `folder` (with its parents) and probe that files can be written in it."""
+def _probe_nearest(folder: Path) -> str | None:
+    """Why `folder` could not be created and written, or None; creates nothing."""
+    for candidate in (folder, *folder.absolute().parents):
+        if candidate.is_dir():
+            return _probe(candidate)
+        if candidate.exists():
+            return f"{candidate} is a file"
+    return None
+
+
+def writable_dir(folder: str | Path, what: str = "output folder", *, create: bool = True) -> Path:
+    """Create `folder` (with its parents) and probe that files can be written in it; with
+    create=False, probe where it would be created and leave nothing behind."""
     folder = Path(folder)
-    reason = _probe(folder)
+    reason = _probe(folder) if create else _probe_nearest(folder)
     if reason is not None:
         raise UsageError(f"cannot write the {what} {folder}: {reason}", hint=f"pass a {what} that can be created and written")
     return folder
 
 
-def writable_file(path: str | Path, what: str = "output file") -> Path:
-    """Check that `path` can be written (created or replaced): its folder is created and probed;
-    the file itself is not touched."""
+def writable_file(path: str | Path, what: str = "output file", *, create: bool = True) -> Path:
+    """Check that `path` can be written (created or replaced): its folder is created and probed
+    (create=False: probed where it would be created, nothing left behind); the file itself is not
+    touched."""
     path = Path(path)
-    reason = f"{path} is a folder" if path.is_dir() else _probe(path.parent)
+    probe = _probe if create else _probe_nearest
+    reason = f"{path} is a folder" if path.is_dir() else probe(path.parent)
     if reason is not None:
         raise UsageError(f"cannot write the {what} {path}: {reason}", hint=f"pass a path where the {what} can be written")
     return path

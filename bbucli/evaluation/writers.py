@@ -31,7 +31,7 @@ from bbucli.evaluation.plots import ascii_label, render_overlay, render_pr_curve
 from bbucli.evaluation.render_detections import ascii_desc
 from bbucli.evaluation.result import EvalResult
 from bbucli.evaluation.types import GroundTruth
-from bbucli.schema import write_json_atomic, write_text_atomic
+from bbucli.schema import new_file_mode, write_json_atomic, write_text_atomic
 from bbucli.taxonomy import Taxonomy
 
 OVERLAYS = 8
@@ -39,11 +39,13 @@ _OVERLAY_NAME = re.compile(r"^\d{2}_.*\.png$")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write bytes so that readers see the old file or the whole new one."""
+    """Write bytes so that readers see the old file or the whole new one; the file gets the
+    umask's mode (`new_file_mode`), not the temporary file's 0o600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.chmod(tmp, new_file_mode())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -1,4 +1,5 @@
-"""`bbu inspect --render OUT.png`: an episode's images side by side with their boxes and labels.
+"""`bbu inspect --render DIR`: an episode's images side by side with their boxes and labels, in
+DIR/<jsonl stem>-<index>.png (`render_path`).
 
 Layout (pixels): panels in conversation order (every teacher, then the student), each an image
 at its stored size (EXIF-upright, the frame its boxes are in) under a one-line title; MARGIN
@@ -161,6 +162,16 @@ def canvas_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     title_h = title_font_px(sizes) + 2 * TITLE_PAD
     width = sum(w for w, _ in sizes) + MARGIN * (len(sizes) + 1)
     return width, max(h for _, h in sizes) + title_h + 2 * MARGIN
+
+
+def render_path(render: str | Path, jsonl: str | Path, index: int) -> Path:
+    """The picture `bbu inspect --render` draws record `index` of `jsonl` into: in the folder
+    `render` (what --render names in every command), `<jsonl stem>-<index>.png`; `render` itself
+    when it names a .png file (the spelling of bbu 0.1)."""
+    render = Path(render)
+    if render.suffix.lower() == ".png":
+        return render
+    return render / f"{Path(jsonl).stem}-{index}.png"
 
 
 def render_episode(

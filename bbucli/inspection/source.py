@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any, Literal
 
+from bbucli.chat.image_info import load_model_pixels
 from bbucli.chat.loading import VLProcessor, load_processor
 from bbucli.chat.processor import ChatProcessor, SampleBudget
 from bbucli.chat.prompts import build_prompts
@@ -41,7 +42,8 @@ class InspectOptions:
     budget as in training (`data.max_tokens`, None: no budget); batch_tokens: capacity of a packed
     bin (`data.max_tokens_per_batch`); batch_size: B of the padded batches compared with it;
     taxonomy: the YAML whose classes the system prompt lists (None: the built-in one);
-    prompt_classes: list them (`data.prompt_classes`)."""
+    prompt_classes: list them (`data.prompt_classes`); verify_images: decode every image fully
+    (slow: headers alone miss a truncated file, which training then skips)."""
 
     model: str = "tiny"
     lang: Literal["zh", "en"] = "zh"
@@ -50,6 +52,7 @@ class InspectOptions:
     batch_size: int = 4
     taxonomy: Path | None = None
     prompt_classes: bool = True
+    verify_images: bool = False
 
     def check(self) -> None:
         """UsageError listing every invalid option."""
@@ -120,6 +123,19 @@ def image_problem(path: Path, line: int, exc: DataError) -> RecordProblem:
     return RecordProblem(path, line, "missing_image" if missing else "unreadable_image", exc.message)
 
 
+def verify_pixels(chat: ChatProcessor, path: Path, seen: dict[Path, DataError | None]) -> None:
+    """Decode the image at `path` as training does (`load_model_pixels`); DataError naming it when
+    its pixels do not decode. `seen` remembers each file's outcome, so each is decoded once."""
+    if path not in seen:
+        try:
+            load_model_pixels(chat.image_info(path))
+            seen[path] = None
+        except DataError as exc:
+            seen[path] = exc
+    if seen[path] is not None:
+        raise seen[path]
+
+
 def outside_problem(
     path: Path, line: int, episode: Episode, chat: ChatProcessor
 ) -> RecordProblem | None:
@@ -136,6 +152,34 @@ def outside_problem(
         return None
     message = "; ".join(parts) + " (training refuses boxes past the image)"
     return RecordProblem(path, line, "box_outside_image", message)
+
+
+def path_problem(path: Path, line: int, episode: Episode) -> RecordProblem | None:
+    """An image_outside_folder RecordProblem when an image path of the episode is absolute or
+    climbs out of the JSONL's folder with `..` (the dataset then breaks when the folder is copied
+    or moved; `bbu convert` writes paths inside it), else None."""
+    leaving = [
+        image
+        for sample in episode.samples
+        for image in sample.images
+        if PurePath(image).is_absolute()
+        or PureWindowsPath(image).is_absolute()
+        or not _stays_inside(PurePath(image.replace("\\", "/")))
+    ]
+    if not leaving:
+        return None
+    names = ", ".join(dict.fromkeys(leaving))
+    message = f"image path(s) leave the JSONL's folder: {names} (copying the dataset breaks them)"
+    return RecordProblem(path, line, "image_outside_folder", message)
+
+
+def _stays_inside(relative: PurePath) -> bool:
+    depth = 0
+    for part in relative.parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return False
+    return True
 
 
 def budget_problem(path: Path, line: int, budget: SampleBudget, max_tokens: int) -> RecordProblem | None:

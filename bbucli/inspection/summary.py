@@ -27,6 +27,8 @@ from bbucli.inspection.source import (
     count_records,
     image_problem,
     outside_problem,
+    path_problem,
+    verify_pixels,
 )
 from bbucli.schema import Progress, RecordError, iter_episodes
 
@@ -98,6 +100,7 @@ class DatasetSummary:
     point (resized when training); tokens: tokens per fitting episode; vision_per_image: vision
     tokens per distinct image; teachers_dropped: episodes that lost teachers to the budget;
     skipped: episodes whose student alone exceeds it; batching: over the fitting episodes;
+    images_decoded: distinct images decoded in full (`verify_images`; 0 without it);
     seconds: time spent reading and counting (loading the processor excluded).
     """
 
@@ -123,6 +126,7 @@ class DatasetSummary:
     batching: BatchingStats
     problems: tuple[RecordProblem, ...]
     seconds: float
+    images_decoded: int = 0
 
     @property
     def over_budget(self) -> int:
@@ -139,7 +143,9 @@ class DatasetSummary:
 def summarize(
     path: str | Path, options: InspectOptions | None = None, progress: Progress | None = None
 ) -> DatasetSummary:
-    """Inspect every record of the JSONL at `path` from image headers and text alone.
+    """Inspect every record of the JSONL at `path` from image headers and text alone (and, with
+    `options.verify_images`, every image decoded as training decodes it: a truncated file reads
+    fine from its header and is found only so).
 
     progress: called as progress("inspect", done, total) every few hundred records and at the end.
     Raises DataError only when the file cannot be opened; bad records become `problems`.
@@ -158,6 +164,7 @@ def summarize(
     resized: set[str] = set()
     student_classes, teacher_classes = Counter[str](), Counter[str]()
     counts = Counter[str]()
+    verified: dict[Path, DataError | None] = {}
 
     done = 0
     for line, item in iter_episodes(path):
@@ -169,6 +176,9 @@ def summarize(
             continue
         try:
             budget = chat.measure(item, root)
+            if options.verify_images:
+                for sample in item.samples:
+                    verify_pixels(chat, root / sample.image, verified)
         except DataError as exc:
             problems.append(image_problem(path, line, exc))
             continue
@@ -181,9 +191,9 @@ def summarize(
                 if info.needs_resize:
                     resized.add(sample.image)
         counts["image_refs"] += len(item.samples)
-        outside = outside_problem(path, line, item, chat)
-        if outside is not None:
-            problems.append(outside)
+        for problem in (path_problem(path, line, item), outside_problem(path, line, item, chat)):
+            if problem is not None:
+                problems.append(problem)
         student_classes.update(o.desc for o in item.student.objects)
         teacher_classes.update(o.desc for t in item.teachers for o in t.objects)
         if options.max_tokens is not None:
@@ -228,4 +238,5 @@ def summarize(
         batching=batching_stats(lengths, options.batch_size, options.batch_tokens),
         problems=tuple(problems),
         seconds=time.perf_counter() - started,
+        images_decoded=len(verified),
     )

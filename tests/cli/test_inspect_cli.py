@@ -202,3 +202,71 @@ def test_an_image_given_as_the_jsonl_is_one_error_line(data):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{photo.name} is not a JSONL file" in result.output
     assert invoke(photo, "--index", "0").exit_code == 1
+
+
+def test_render_into_a_folder(data, tmp_path):
+    """--render names a folder, as in `bbu predict`: the picture is <jsonl stem>-<index>.png."""
+    result = invoke(data, "--index", "2", "--render", tmp_path / "renders")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "renders").iterdir()] == ["data-2.png"]
+
+
+@pytest.mark.parametrize("name", ["renders", "ep.png"])
+def test_an_unwritable_render_is_one_error_line_before_the_work(data, tmp_path, name):
+    blocker = tmp_path / "file.txt"  # a folder under a regular file: no one, root included, writes it
+    blocker.write_text("a file, not a folder\n")
+    result = invoke(data, "--index", "3", "--tokens", "--render", blocker / name)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "student" not in result.output  # nothing shown
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: cannot write the --render picture {blocker / name}")
+    assert blocker.read_text() == "a file, not a folder\n"
+
+
+def test_verify_images_finds_a_truncated_jpeg_by_line(data):
+    """Its header reads (the default view passes it); its pixels do not decode."""
+    records = data.read_text(encoding="utf-8").splitlines()
+    image = json.loads(records[1])["student"]["images"][0]
+    folder = data.parent / "truncated"
+    (folder / "images").mkdir(parents=True)
+    raw = (data.parent / image).read_bytes()
+    (folder / image).write_bytes(raw[: len(raw) // 2])
+    for record in (records[0], records[1]):  # teachers resolved in the same folder
+        for sample in (json.loads(record)["student"], *json.loads(record)["teachers"]):
+            target = folder / sample["images"][0]
+            if not target.exists():
+                target.write_bytes((data.parent / sample["images"][0]).read_bytes())
+    jsonl = folder / "data.jsonl"
+    jsonl.write_text(records[0] + "\n" + records[1] + "\n", encoding="utf-8")
+    plain = invoke(jsonl, "--json")
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["summary"]["problems"] == []
+    result = invoke(jsonl, "--verify-images", "--json")
+    assert result.exit_code == 0, result.output
+    [problem] = json.loads(result.stdout)["summary"]["problems"]
+    assert (problem["line"], problem["kind"]) == (2, "unreadable_image")
+    assert problem["message"].startswith(f"cannot decode image {folder / image}: image file is truncated")
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["episodes"] == 1 and summary["images_decoded"] >= 2
+    assert json.loads(plain.stdout)["summary"]["images_decoded"] == 0
+    assert "images decoded as training decodes them" in invoke(jsonl, "--verify-images").output
+
+
+def test_image_paths_leaving_the_jsonl_folder_are_problems_by_line(data):
+    """An absolute path or one climbing out with ../ works here but breaks when the dataset is
+    copied: a problem of its line, the rest inspected (issue 15, item 16)."""
+    good = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    climbing, absolute, inside = ({"student": dict(g["student"])} for g in good[:3])  # no teachers
+    climbing["student"]["images"] = ["../" + good[0]["student"]["images"][0]]
+    absolute["student"]["images"] = [str(data.parent / good[1]["student"]["images"][0])]
+    inside["student"]["images"] = ["./../sub/../" + good[2]["student"]["images"][0]]
+    folder = data.parent / "sub"
+    folder.mkdir(exist_ok=True)
+    path = folder / "paths.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in (climbing, absolute, inside)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = invoke(path, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    kinds = {p["line"]: p["kind"] for p in summary["problems"]}
+    assert kinds == dict.fromkeys((1, 2, 3), "image_outside_folder"), summary["problems"]
+    assert summary["episodes"] == 3

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from bbucli.convert.images import open_resized, read_image_size, resize_to_file
+from bbucli.convert.images import open_resized, read_image_size, resize_to_file, to_8bit, to_rgb
 from bbucli.errors import BbuError, DataError
 from bbucli.geometry import resized_wh
 
@@ -241,3 +241,26 @@ def test_unwritable_destination_is_an_error_and_leaves_nothing(tmp_path: Path) -
     with pytest.raises(BbuError, match="cannot write image"):
         resize_to_file(src, tmp_path / "file" / "a.jpeg", (28, 28))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "file"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "scale"), [("I;16", 1.0), ("I", 1.0), ("F", 1 / 65535), ("F", 1.0)]
+)
+def test_high_bit_depths_are_scaled_not_clipped(mode, scale):
+    ramp = np.linspace(0, 65535, 256).reshape(1, 256)
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    image = Image.fromarray((ramp * scale).astype(dtype))
+    assert image.mode == mode
+    rgb = np.asarray(to_rgb(image), dtype=float)[0, :, 0]
+    assert to_rgb(image).mode == "RGB"
+    if mode == "F" and scale == 1.0:  # float data past 1: its 16-bit range
+        assert rgb[0] == 0 and rgb[-1] == 255
+    else:
+        assert rgb[0] == 0 and rgb[-1] == 255 and abs(rgb[128] - 128) <= 1
+    assert (np.diff(rgb) >= 0).all()  # convert("RGB") alone gives 0 then 255 everywhere
+
+
+def test_8bit_images_are_left_as_they_are():
+    for mode in ("L", "RGB", "P", "1"):
+        image = Image.new(mode, (4, 4))
+        assert to_8bit(image) is image

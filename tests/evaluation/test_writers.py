@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,17 @@ def test_predictions_frame_survives_the_pipeline(split, tmp_path):
                                  "objects": [{"bbox_2d": [20, 20, 80, 80], "desc": A, "score": 1.0}]}) + "\n")
     result = evaluate(read_predictions(preds, read_ground_truth(gt)), read_ground_truth(gt), backend="pycocotools")
     assert result.per_class[0].tp == 1
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_every_file_follows_the_umask(split, umask, mode):
+    """PNGs (pr_curve, overlays) went through mkstemp and stayed 0600 on a shared machine."""
+    gt, preds = split
+    old = os.umask(umask)
+    try:
+        run = evaluate_files(preds, gt, backend="pycocotools")
+    finally:
+        os.umask(old)
+    files = [p for p in run.out_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".png" for p in files)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}
