@@ -2,7 +2,10 @@
 
 The system prompt is sent once per episode, so it carries everything long: the task, the class list
 (canonical descs, given by the caller as a plain list: the taxonomy is one source of truth and this
-module does not read it) and the answer format. The instruction is repeated with every image
+module does not read it) and the answer format. The list training names is `trained_classes`: the
+descs its data holds, as `bbu convert` wrote them (cut to `--levels`, unknown labels kept as-is),
+not the taxonomy's full list, which would name classes the answers never use. The checkpoint keeps
+that list, so inference builds the same prompt from it. The instruction is repeated with every image
 (teachers and student), so it stays one short sentence.
 
 Without the class list (`list_classes=False`, config `data.prompt_classes: false`) the system prompt
@@ -16,9 +19,11 @@ grounding JSON with integer pixel coordinates of the image as the model sees it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from bbucli.schema import Sample
 
 Lang = Literal["zh", "en"]
 LANGS: tuple[str, ...] = ("zh", "en")
@@ -68,7 +73,15 @@ def _check_lang(lang: str) -> None:
         raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
 
 
-def system_prompt(class_descs: Sequence[str], lang: Lang = "zh", *, list_classes: bool = True) -> str:
+def trained_classes(samples: Iterable[Sample]) -> tuple[str, ...]:
+    """The class list of a training set: every distinct desc of `samples` (the train students and
+    teachers, and the teacher pool), sorted, so the same data gives the same list in any order."""
+    return tuple(sorted({o.desc for sample in samples for o in sample.objects}))
+
+
+def system_prompt(
+    class_descs: Sequence[str], lang: Lang = "zh", *, list_classes: bool = True
+) -> str:
     """The system prompt listing `class_descs` (canonical descs, one per line, in the order given);
     with list_classes=False, the task and answer format without the list (module doc)."""
     _check_lang(lang)

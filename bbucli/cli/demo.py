@@ -1,4 +1,4 @@
-"""`bbu demo [--out DIR] [--minutes M | --steps N] [--examples] [--seed S]`: run `run_demo` with one
+"""`bbu demo [--out DIR] [--minutes M | --steps N] [--examples] [--seed S] [--teachers K]`: run `run_demo` with one
 progress bar per stage, then render the inspect summary, the metrics table and the
 "what to look at next" list."""
 
@@ -28,14 +28,23 @@ HELP = """Run the whole loop on the embedded default: raw photos -> JSONL -> ins
 
 Generates a synthetic set of 300 photos into OUT/raw (or, with --examples, takes the 16 photos of examples/raw in the working directory, a clone's root: the loop runs but they are too few to learn from), converts into OUT/data/, trains into OUT/run/, evaluates the final checkpoint's detection head on the val split into OUT/eval/ and generates answers for 8 val images into OUT/eval/lm/. Ends with the metrics table and the files worth opening next; OUT/demo.json holds the numbers.
 
-The training length is --steps N (default 650, about 8.5 minutes in all on 2 CPU cores; the same run everywhere), or a time budget --minutes M turned into steps by timing one batch first. OUT must be new or empty.
+The training length is --steps N (default 500, 6.5 to 9 minutes in all on 2 CPU cores; the same run everywhere), or a time budget --minutes M turned into steps by timing one batch first. OUT must be new or empty.
+
+--teachers K runs the few-shot path: K label-blind teachers per student in training (re-drawn every epoch) and the checkpoint's K teachers in eval, as bbu predict uses them. A teacher makes each step longer: the default length is then 300 steps, a little shorter in all than the default demo.
 
 [bold]Examples[/]
 
 [cyan]bbu demo[/]
 
 [cyan]bbu demo --out runs/demo2 --steps 50 --seed 1[/]
+
+[cyan]bbu demo --out runs/demo-k1 --teachers 1[/]
 """
+TEACHERS_HELP = (
+    "Teachers (in-context examples) per student. 0 (default): none, the fastest run. K: the few-shot "
+    "demo, K label-blind teachers per student re-drawn from the pool every epoch in training, the "
+    "checkpoint's fixed K in eval."
+)
 
 
 class _DemoProgress:
@@ -82,7 +91,8 @@ def _metrics(result: DemoResult) -> Table:
     table.add_row("raw photos", f"{escape(str(result.raw_dir))} ({source})")
     table.add_row("images", f"{result.convert.images_kept} converted, split {', '.join(f'{k} {v}' for k, v in result.convert.split_sizes.items())}")
     planned = f", planned from {result.planned_from_s:.2f} s per batch" if result.planned_from_s is not None else ""
-    table.add_row("training", f"{result.max_steps} steps in {result.train.runtime_s:.0f}s{planned}")
+    shots = f"{result.teachers} label-blind teacher(s) per student" if result.teachers else "no teachers"
+    table.add_row("training", f"{result.max_steps} steps, {shots}, in {result.train.runtime_s:.0f}s{planned}")
     if result.first_loss is not None and result.last_loss is not None:
         table.add_row("loss", f"{result.first_loss:.4g} -> {result.last_loss:.4g}")
     table.add_row("AP50 (head, val)", _f(result.ap50))
@@ -105,11 +115,12 @@ def _look_next(result: DemoResult) -> Table:
 @app.command("demo", help=HELP)
 @handle_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for every artefact (new or empty).")] = Path("runs/demo"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for every artefact (new or empty).")] = Path("runs/demo"),
     minutes: Annotated[float | None, typer.Option("--minutes", help="Time budget of the training instead of --steps, turned into steps by timing one batch.")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 650: the same run on every machine).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 500, 300 with --teachers: the same run on every machine).")] = None,
     examples: Annotated[bool, typer.Option("--examples", help="Convert the 16 photos of ./examples/raw (a clone's root) instead of generating 300.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated set, the split and the model.")] = 0,
+    teachers: Annotated[int, typer.Option("--teachers", help=TEACHERS_HELP)] = 0,
 ) -> None:
     from bbucli.cli.inspect_views import summary_tables
     from bbucli.cli.train import _quiet_libraries
@@ -117,7 +128,10 @@ def demo(
 
     _quiet_libraries()
     with _DemoProgress() as bar:
-        result = run_demo(out_dir, minutes=minutes, max_steps=steps, use_examples=examples, seed=seed, progress=bar.update)
+        result = run_demo(
+            out_dir, minutes=minutes, max_steps=steps, use_examples=examples, seed=seed, teachers=teachers,
+            progress=bar.update,
+        )
     for table in summary_tables(result.summary):
         out.print(table)
     out.print(_metrics(result))

@@ -5,16 +5,18 @@ the metrics, the per-class table and the problems found (or prints metrics.json 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
-from bbucli.cli.options import Backend, DType
+from bbucli.cli.options import Backend, DType, check_threshold
 from bbucli.cli.options import EvalSource as Source
 from bbucli.errors import UsageError
 from bbucli.evaluation import EvalResult, evaluate_files
@@ -22,9 +24,16 @@ from bbucli.evaluation import EvalResult, evaluate_files
 PROBLEMS_SHOWN = 15
 
 
+class TeacherSource(str, Enum):
+    """Where `bbu eval CKPT` takes each image's teachers from (`teacher_source`)."""
+
+    checkpoint = "checkpoint"
+    episodes = "episodes"
+
+
 HELP = """Evaluate a checkpoint, or score predictions, against ground truth: COCO AP/AR, per-class and type-level AP, precision/recall/F1 and a confusion matrix at a score threshold, defect escape rate, unparseable answers.
 
-CKPT (a checkpoint folder written by `bbu train`): runs inference over --data (default: the val JSONL named in the checkpoint's config.yaml) with --source head (detection head: class by the caption decoder's likelihood of each class desc, score = objectness x class probability), lm (generated answer, score = mean token log-probability) or both, prepending --teachers K of each episode's teachers (default: the training config's data.num_teachers). Writes predictions.jsonl, inference.json and the files below into --out (default: CKPT/eval/; with --source both, one sub-folder per source).
+CKPT (a checkpoint folder written by `bbu train`): runs inference over --data (default: the val JSONL named in the checkpoint's config.yaml) with --source head (detection head: class by the caption decoder's likelihood of each class desc, score = objectness x class probability), lm (generated answer, score = mean token log-probability) or both. Each image is shown after the checkpoint's own teacher examples, the same label-blind ones `bbu predict` uses (--teachers K: the first K; 0: none); --teacher-source episodes prepends instead the teachers each JSONL episode lists (K default: the training config's data.num_teachers), which on data converted by an older bbu (teachers chosen by the student's own classes) shows how much that choice inflated the scores. Writes predictions.jsonl, inference.json and the files below into --out (default: CKPT/eval/; with --source both, one sub-folder per source).
 
 PREDICTIONS is a bbu predictions JSONL (one line per image: {"image": "images/a.jpeg", "objects": [{"bbox_2d": \\[x1, y1, x2, y2], "desc": "...", "score": 0.9}], "source": "head", "unparseable": false}) or a COCO results JSON; --data is a JSONL split written by `bbu convert` or a COCO instances JSON. Malformed lines, unknown images and boxes outside the image are reported by file:line; the rest is scored. Predictions of which no record matches a ground-truth image are an error (exit 1), and nothing is written.
 
@@ -109,7 +118,8 @@ def eval_command(
     overlays: Annotated[int, typer.Option("--overlays", min=0, help="Overlay PNGs of the worst images to draw.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of tables ({source: metrics} with --source both).")] = False,
     source: Annotated[Source | None, typer.Option("--source", help="CKPT only: head, lm or both (default head).")] = None,
-    teachers: Annotated[int | None, typer.Option("--teachers", "-k", min=0, help="CKPT only: teachers prepended per image (default: the config's data.num_teachers).")] = None,
+    teachers: Annotated[int | None, typer.Option("--teachers", "-k", min=0, help="CKPT only: teachers prepended per image (default: all the checkpoint carries, or with --teacher-source episodes the config's data.num_teachers; 0: none).")] = None,
+    teacher_source: Annotated[TeacherSource | None, typer.Option("--teacher-source", help="CKPT only: checkpoint (its label-blind teacher examples, as bbu predict) or episodes (the teachers each JSONL episode lists). Default checkpoint.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="CKPT only: images per forward pass (default 4).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="CKPT only: longest generated answer for lm (default 1024).")] = None,
     hypotheses: Annotated[int | None, typer.Option("--hypotheses", min=1, help="CKPT only: head classes per query, each a scored box (default 1; 3 is DETR's top-100 over query x class pairs, a higher AP).")] = None,
@@ -117,6 +127,8 @@ def eval_command(
     dtype: Annotated[DType | None, typer.Option("--dtype", help="CKPT only: Qwen weights dtype (default auto: bf16 on a GPU, else fp32).")] = None,
 ) -> None:
     if target.is_dir():
+        if source is not Source.both:  # a predictions file's scores are taken as they are
+            check_threshold(threshold, (source or Source.head).value)
         _eval_checkpoint(
             target,
             data,
@@ -128,6 +140,7 @@ def eval_command(
             as_json=as_json,
             source=source or Source.head,
             teachers=teachers,
+            teacher_source=(teacher_source or TeacherSource.checkpoint).value,
             batch_size=batch_size or 4,
             max_new_tokens=max_new_tokens or 1024,
             hypotheses=hypotheses or 1,
@@ -138,6 +151,7 @@ def eval_command(
     checkpoint_only = {
         "--source": source,
         "--teachers": teachers,
+        "--teacher-source": teacher_source,
         "--batch-size": batch_size,
         "--max-new-tokens": max_new_tokens,
         "--hypotheses": hypotheses,
@@ -178,11 +192,13 @@ def _eval_checkpoint(checkpoint: Path, data: Path | None, out_dir: Path | None, 
             bar.update(tasks[name], completed=done, total=total)
 
         run = evaluate_checkpoint(checkpoint, data, out_dir, sources=sources, progress=progress, **options)
+    for note in run.notes:
+        err.print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
     if as_json:
         metrics = {s.source: s.result.to_dict() for s in run.sources}
         typer.echo(json.dumps(metrics[sources[0]] if len(sources) == 1 else metrics, ensure_ascii=False, indent=2))
         return
-    k = "all listed" if run.teachers is None else str(run.teachers)
+    k = ("all listed" if run.teachers is None else str(run.teachers)) + f" from the {run.teacher_source}"
     formats = f"checkpoint {run.checkpoint}, ground truth {run.ground_truth_format} ({run.data}), teachers {k}"
     for s in run.sources:
         out.print(_per_class(s.result))

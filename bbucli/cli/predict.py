@@ -16,14 +16,14 @@ from rich.table import Table
 
 from bbucli.cli.app import app
 from bbucli.cli.console import err, handle_errors, out
-from bbucli.cli.options import DType, Source
+from bbucli.cli.options import DType, Source, check_threshold
 
 STAGES = {"load": "loading the checkpoint", "predict": "predicting", "render": "drawing"}
 
 
 HELP = """Detect objects in images with a checkpoint written by `bbu train`.
 
-Each image is resized exactly as in training; boxes come back in the pixels of the original image as it stands upright (EXIF orientation applied). --source head reads the detection head (class: the most likely class desc under its caption decoder; score = objectness x that class's probability); --source lm generates the grounding answer greedily (score = mean token log-probability of each object's text; unparseable answers are counted).
+Each image is resized exactly as in training and shown after the checkpoint's own teacher examples (the fixed, label-blind set training saved in CKPT/teachers/), so the prompt has the shape training used; --teachers K keeps the first K, --teachers 0 none. A checkpoint saved before bbu kept teachers predicts without them and says so. Boxes come back in the pixels of the original image as it stands upright (EXIF orientation applied). --source head reads the detection head (class: the most likely class desc under its caption decoder; score = objectness x that class's probability); --source lm generates the grounding answer greedily (score = mean token log-probability of each object's text; unparseable answers are counted).
 
 An image that cannot be read or sized is reported (one error line each) and skipped: the others are predicted and written, and the exit code is 1.
 
@@ -64,15 +64,17 @@ def predict_command(
     out_file: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False, help="Predictions JSONL to write (default: stdout).")] = None,
     render: Annotated[Path | None, typer.Option("--render", file_okay=False, help="Folder for the images with their boxes drawn.")] = None,
     source: Annotated[Source, typer.Option("--source", help="head: detection head; lm: the generated answer.")] = Source.head,
-    threshold: Annotated[float | None, typer.Option("--threshold", "-t", help="Keep boxes scoring at least this (head: objectness in [0, 1]; lm: log-probability <= 0).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", "-t", help="Keep boxes scoring at least this (head: in [0, 1]; lm: a log-probability <= 0; checked).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="At most this many boxes per image, best first.")] = 100,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest generated answer (lm).")] = 1024,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 4,
     device: Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu (default: cuda when available).")] = None,
     dtype: Annotated[DType, typer.Option("--dtype", help="Qwen weights dtype; auto: bf16 on a GPU, else fp32.")] = DType.auto,
+    teachers: Annotated[int | None, typer.Option("--teachers", "-k", min=0, help="Teacher examples of the checkpoint to prepend (default: all it stores, the number training used; 0: none).")] = None,
 ) -> None:
     from bbucli.infer.predict import predict_images
 
+    check_threshold(threshold, source.value)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         tasks: dict[str, int] = {}
@@ -94,8 +96,11 @@ def predict_command(
             batch_size=batch_size,
             device=device,
             dtype=None if dtype is DType.auto else dtype.value,
+            teachers=teachers,
             progress=progress,
         )
+    for note in run.notes:
+        err.print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
     if out_file is None:
         for record in run.records:
             typer.echo(json.dumps(record, ensure_ascii=False))
@@ -104,6 +109,7 @@ def predict_command(
     written = [str(run.out)] if run.out is not None else []
     if run.renders:
         written.append(f"{len(run.renders)} picture(s) in {render}")
+    console.print(f"teachers: {len(run.teachers)} from the checkpoint")
     if written:
         console.print(f"written: {escape(', '.join(written))}")
     for failure in run.failures:

@@ -3,10 +3,13 @@
     discover (read + pair) -> prepare (size check, labels, boxes) -> resize once -> pool + split
     -> OUT.jsonl (train), OUT.val.jsonl, OUT.teachers.jsonl, OUT.report.json, OUT_DIR/images/
 
-Outputs are written only after everything is computed, each atomically (temp file + rename), so a
-failed or interrupted run leaves earlier outputs intact and never a partial JSONL. An input file is
-never written over: OUT's `images/` may not be the input folder or any folder holding an input. They hold no
-timestamps or absolute paths: the same input and options give byte-identical files.
+The dataset is replaced whole or not at all (`staging`): everything is written into a hidden
+staging folder beside OUT and swapped in at the end, so a failed or interrupted (Ctrl-C) run leaves
+the previous dataset byte-identical and no staging folder behind. OUT, or a sibling, that is a
+folder where a file goes is refused before any work. An input file is never written over: OUT's
+`images/` may not be the input folder or any folder holding an input. Outputs hold no timestamps
+or absolute paths: the same input and options give byte-identical files. A val split asked for
+but left empty (too few images) is a warning in the report.
 
 An `info` size that disagrees with the EXIF-upright image is handled by `frames.reconcile`: boxes
 drawn on the pre-EXIF pixels are rotated, boxes drawn on a uniformly scaled preview are rescaled,
@@ -34,11 +37,13 @@ from bbucli.convert.images import resize_to_file
 from bbucli.convert.prepare import LabelPolicy, PreparedImage, prepare_image
 from bbucli.convert.raw import Issue
 from bbucli.convert.report import ConvertReport, Tally
-from bbucli.convert.split import ImageSummary, assign_teachers, select_teacher_pool, split_train_val
+from bbucli.convert.split import ImageSummary, select_teacher_pool, split_train_val
+from bbucli.convert.staging import Staging
 from bbucli.errors import DataError, UsageError
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from bbucli.schema import Episode, Progress, Sample, write_json_atomic, write_jsonl_atomic
 from bbucli.taxonomy import Taxonomy
+from bbucli.teachers import draw_teachers
 
 IMAGES_DIR = "images"
 DEFAULT_MAX_POOL = 8
@@ -108,17 +113,32 @@ def default_pool_size(n_images: int, teachers: int) -> int:
 
 
 def output_paths(out_jsonl: Path) -> dict[str, Path]:
-    """`OUT.jsonl` -> its siblings: train, val, teachers, report, images folder."""
+    """`OUT.jsonl` -> its siblings: train, val, teachers, report, images folder. UsageError when
+    OUT is not a `.jsonl` name, or any of them is a folder where a file goes (or the reverse)."""
+    if out_jsonl.is_dir():
+        raise UsageError(
+            f"OUT {out_jsonl} is a folder: OUT names the train JSONL to write",
+            hint=f"e.g. bbu convert raw/ --out {out_jsonl / 'bbu.jsonl'}",
+        )
     if out_jsonl.suffix != ".jsonl":
         raise UsageError(f"output must end in .jsonl, got {out_jsonl.name}", hint="e.g. bbu convert raw/ data/bbu.jsonl")
     base = out_jsonl.with_suffix("")
-    return {
+    paths = {
         "train": out_jsonl,
         "val": base.with_name(base.name + ".val.jsonl"),
         "teachers": base.with_name(base.name + ".teachers.jsonl"),
         "report": base.with_name(base.name + ".report.json"),
         "images": out_jsonl.parent / IMAGES_DIR,
     }
+    for key, path in paths.items():
+        is_folder = key == "images"
+        if path.exists() and path.is_dir() != is_folder:
+            kind, wanted = ("file", "folder") if is_folder else ("folder", "file")
+            raise UsageError(
+                f"output {path} is a {kind}, and convert writes its {key} {wanted} there",
+                hint="move it away, or pick another OUT",
+            )
+    return paths
 
 
 def _refuse_images_into_inputs(raw_dir: Path, images_dir: Path, found: Discovery | None = None) -> None:
@@ -167,14 +187,20 @@ def _resize_all(
             pool.submit(resize_to_file, src, dst, wh, quality=options.quality): i
             for i, (src, dst, wh) in enumerate(jobs)
         }
-        for done, future in enumerate(as_completed(futures), start=1):
-            exc = future.exception()
-            if isinstance(exc, DataError):
-                results[futures[future]] = exc
-            elif exc is not None:
-                raise exc
-            if progress:
-                progress("resize", done, len(jobs))
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                exc = future.exception()
+                if isinstance(exc, DataError):
+                    results[futures[future]] = exc
+                elif exc is not None:
+                    raise exc
+                if progress:
+                    progress("resize", done, len(jobs))
+        except BaseException:
+            # Ctrl-C or an error: drop the queued images and wait only for the running ones, so
+            # nothing writes into the staging folder after it is removed.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results
 
 
@@ -201,20 +227,19 @@ def _episode(student: PreparedImage, teachers: list[PreparedImage]) -> Episode:
 
 
 def _split(items: list[PreparedImage], options: ConvertOptions) -> tuple[list[str], dict[str, list[Episode]]]:
-    """Pool, split and teacher assignment -> (pool ids, episodes per output)."""
+    """Pool, split and teacher assignment -> (pool ids, episodes per output). Each student's
+    teachers are the epoch-0 `draw_teachers` of its id: never chosen by its labels."""
     by_id = {item.stem: item for item in items}
     summaries = [_summary(item) for item in items]
     wanted = options.pool if options.pool is not None else default_pool_size(len(items), options.teachers)
     pool_ids = select_teacher_pool(summaries, min(wanted, max(len(items) - 1, 0)), options.seed)
     pool_set = set(pool_ids)
-    pool_summaries = [s for s in summaries if s.id in pool_set]
     train_ids, val_ids = split_train_val([i for i in by_id if i not in pool_set], options.val_ratio, options.seed)
-    by_summary = {s.id: s for s in summaries}
 
     def episodes(ids: list[str]) -> list[Episode]:
         out = []
         for sid in ids:
-            chosen = assign_teachers(by_summary[sid], pool_summaries, options.teachers, options.seed)
+            chosen = draw_teachers(sid, pool_ids, options.teachers, seed=options.seed)
             out.append(_episode(by_id[sid], [by_id[t] for t in chosen]))
         return out
 
@@ -266,10 +291,28 @@ def convert_dataset(
     raw_dir = Path(raw_dir)
     paths = output_paths(Path(out_jsonl))
     taxonomy = Taxonomy.load(options.taxonomy)
+    _refuse_images_into_inputs(raw_dir, paths["images"])
+    staging = None if options.dry_run else Staging(paths)
+    try:
+        return _convert(raw_dir, paths, options, taxonomy, staging, progress)
+    except BaseException:  # an error or Ctrl-C: the previous dataset stays as it was
+        if staging is not None:
+            staging.discard()
+        raise
+
+
+def _convert(
+    raw_dir: Path,
+    paths: dict[str, Path],
+    options: ConvertOptions,
+    taxonomy: Taxonomy,
+    staging: Staging | None,
+    progress: Progress | None,
+) -> ConvertReport:
+    """`convert_dataset` after its checks: read, check, resize into `staging`, split, write, swap
+    the staged dataset in (no staging: a dry run, nothing written)."""
     policy = LabelPolicy(taxonomy, options.lang, options.levels, options.unknown)
     clock = _Clock()
-
-    _refuse_images_into_inputs(raw_dir, paths["images"])
     found = discover(raw_dir, exclude=paths.values(), progress=progress)
     _refuse_images_into_inputs(raw_dir, paths["images"], found)
     tally = Tally()
@@ -282,6 +325,7 @@ def convert_dataset(
 
     def report(items: list[PreparedImage], pool: list[str] | None = None, sizes: dict[str, int] | None = None) -> ConvertReport:
         return tally.freeze(
+            warnings=_split_warnings(options, pool or [], sizes or {}),
             annotation_files=found.annotation_files,
             formats=found.formats,
             images_found=found.images_found,
@@ -305,8 +349,8 @@ def convert_dataset(
             f"no usable image under {raw_dir}: {reason}",
             hint="run with --dry-run to list every issue; the folder should hold <stem>.json + <stem>.jpeg pairs",
         )
-    if not options.dry_run:
-        failures = _resize_all(prepared, paths["images"], options, progress)
+    if staging is not None:
+        failures = _resize_all(prepared, staging.path("images"), options, progress)
         prepared = _drop_unreadable(prepared, failures, tally)
         clock.lap("resize")
         if options.strict and any(f is not None for f in failures):
@@ -317,13 +361,25 @@ def convert_dataset(
     pool, episodes = _split(prepared, options)
     clock.lap("split")
     final = report(prepared, pool, {name: len(eps) for name, eps in episodes.items()})
-    if options.dry_run:
+    if staging is None:
         return final
     for name in ("teachers", "val", "train"):
-        write_jsonl_atomic(paths[name], episodes[name])
-    write_json_atomic(paths["report"], final.to_dict())
+        write_jsonl_atomic(staging.path(name), episodes[name])
+    write_json_atomic(staging.path("report"), final.to_dict())
+    staging.commit()
     clock.lap("write")
     return replace(final, timing_s=clock.rounded())
+
+
+def _split_warnings(options: ConvertOptions, pool: list[str], sizes: dict[str, int]) -> tuple[str, ...]:
+    """What the split leaves that training will trip over: a val split asked for but empty."""
+    if options.val_ratio > 0 and sizes and not sizes.get("val"):
+        left = sizes.get("train", 0)
+        return (
+            f"the val split is empty: {left} image(s) left besides the teacher pool of {len(pool)}, "
+            "too few to split, so training has no validation set; add images, or lower --pool",
+        )
+    return ()
 
 
 class _Clock:

@@ -1,6 +1,8 @@
-"""Teacher pool, train/val split and per-student teachers. Pure functions, no I/O.
+"""Teacher pool and train/val split. Pure functions, no I/O.
 
 Every image ends up in exactly one of: the teacher pool, train, val. Teachers are never students.
+Each student's teachers are then drawn from the pool by `bbucli.teachers.draw_teachers`, which
+never looks at the student's labels; only the pool is chosen from labels (its images' own).
 All randomness comes from a stable hash of `(seed, purpose, ids)` (blake2b, not Python's salted
 `hash()`), so results depend only on the arguments, not on input order, process or platform.
 
@@ -87,26 +89,6 @@ def split_train_val(ids: Iterable[str], val_ratio: float, seed: int) -> tuple[li
     elif n < 2:
         n_val = 0
     return sorted(ordered[n_val:]), sorted(ordered[:n_val])
-
-
-def assign_teachers(
-    student: ImageSummary, pool: Sequence[ImageSummary], k: int, seed: int
-) -> list[str]:
-    """Ids of `min(k, pool size without the student)` teachers for `student`, in chosen order.
-
-    First teachers that cover the student's own classes, then teachers sharing its count and
-    box-size buckets, then seeded random; never the student itself. Depends only on
-    `(student, set of pool, k, seed)`: the tie-break hash includes the student's id.
-    """
-    candidates = _index(pool)
-    candidates.pop(student.id, None)
-    return _select(
-        candidates,
-        lambda im: im.classes & student.classes,
-        lambda im: im.buckets & student.buckets,
-        k,
-        (seed, "teachers", student.id),
-    )
 
 
 def _select(

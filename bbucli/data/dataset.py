@@ -9,11 +9,18 @@ A box reaching past its stored image (x2 > width or y2 > height, read from the i
 refuses the split with a DataError counting them (`check_boxes_inside`): such a target lies
 outside the normalised [0, 1] frame the loss works in.
 
+An image whose header reads but whose pixels do not decode (a truncated JPEG) is met only when its
+sample is drawn: `__getitem__` then returns an `UnreadableSample`, `SkipUnreadable` (the
+collate function) drops it from the batch and lists it in `batch["unreadable"]`, and the Trainer
+counts it and stops the run past `unreadable_limit`.
+
 Teacher re-draw (`data.teacher_resample`): epoch 0 keeps the teachers the JSONL names (what
-`bbu convert` chose, cut to `num_teachers`); every later epoch draws `num_teachers` teachers per
-student from the pool (`data.teachers`), those sharing a class with the student first, seeded by
-(seed, epoch, episode), so every rank and a resumed run draw the same. `set_epoch(e)` makes the
-draw; lengths, skips and bins follow it.
+`bbu convert` drew, cut to `num_teachers`); every later epoch draws `num_teachers` teachers per
+student from the pool (`data.teachers`) with `bbucli.teachers.draw_teachers`, keyed by (seed,
+epoch, student image, pool image) and blind to the student's labels, so every rank and a resumed
+run draw the same. `set_epoch(e)` makes the draw; lengths, skips and bins follow it. The draw
+happens in the process that calls `set_epoch`: DataLoader workers that persist across epochs
+would keep the first epoch's, so the config refuses persistent workers with a re-draw.
 
 `EpochBatches` is the DataLoader's batch sampler: token-budget bins (`TokenBudgetBatchSampler`,
 packed rows) or fixed-size batches (padded rows), in an order that is a pure function of
@@ -28,12 +35,12 @@ what makes a resumed run see exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -41,6 +48,7 @@ from bbucli.chat.processor import ChatProcessor, ChatProcessorOutput
 from bbucli.data.sampler import TokenBudgetBatchSampler
 from bbucli.errors import DataError
 from bbucli.schema import Episode, Sample, objects_outside, outside_image
+from bbucli.teachers import draw_teachers
 
 
 @dataclass(frozen=True)
@@ -119,10 +127,10 @@ class EpisodeDataset(Dataset):
                 replace(
                     e,
                     teachers=redraw_teachers(
-                        e.student, self.teacher_pool, self.num_teachers, seed=(self.seed, epoch, i)
+                        e.student, self.teacher_pool, self.num_teachers, seed=self.seed, epoch=epoch
                     ),
                 )
-                for i, e in enumerate(self.episodes)
+                for e in self.episodes
             ]
         kept, lengths, vision, counts = [], [], [], Counter()
         for episode in drawn:
@@ -156,11 +164,67 @@ class EpisodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self._current)
 
-    def __getitem__(self, index: int) -> ChatProcessorOutput:
-        out = self.processor.process_sample(self._current[index], self.image_root)
+    def __getitem__(self, index: int) -> ChatProcessorOutput | UnreadableSample:
+        """The sample as tensors, or an `UnreadableSample` when its images cannot be read or
+        decoded now (a truncated file passes the header reads made at construction)."""
+        episode = self._current[index]
+        try:
+            out = self.processor.process_sample(episode, self.image_root)
+        except DataError as exc:
+            return UnreadableSample(index, episode.student.image, exc.message)
         if out is None:  # measure said it fits; process_sample plans the same way
             raise DataError(f"{self.name}: sample {index} no longer fits data.max_tokens")
         return out
+
+    def stand_in(self) -> ChatProcessorOutput:
+        """The first sample (in index order) that can be read: what a batch whose every sample is
+        unreadable trains on, so that every rank still takes the step."""
+        for index in range(len(self._current)):
+            out = self[index]
+            if isinstance(out, ChatProcessorOutput):
+                return out
+        raise DataError(
+            f"{self.name}: no sample of {len(self._current)} has readable images",
+            hint="`bbu inspect FILE --verify-images` lists the unreadable ones by line",
+        )
+
+
+@dataclass(frozen=True)
+class UnreadableSample:
+    """What `EpisodeDataset[index]` gives for an episode whose images cannot be read or decoded:
+    image: its student image (as in the JSONL); reason: the error, naming the file."""
+
+    index: int
+    image: str
+    reason: str
+
+
+#: Unreadable samples a run tolerates: more than max(UNREADABLE_MIN, 1% of the split) stop it.
+UNREADABLE_MIN = 10
+
+
+def unreadable_limit(samples: int) -> int:
+    """How many distinct unreadable samples a split of `samples` may have before training stops."""
+    return max(UNREADABLE_MIN, samples // 100)
+
+
+class SkipUnreadable:
+    """A collate function around `collate`: drops the `UnreadableSample`s of a batch and lists
+    them in `batch["unreadable"]` (a tuple of (image, reason)), where the Trainer counts them; a
+    batch with nothing readable is made of `dataset.stand_in()` instead. Runs in the DataLoader
+    workers, so the counts travel with the batch."""
+
+    def __init__(self, collate: Callable[[list[Any]], dict[str, Any]], dataset: EpisodeDataset):
+        self.collate = collate
+        self.dataset = dataset
+
+    def __call__(self, items: Sequence[ChatProcessorOutput | UnreadableSample]) -> dict[str, Any]:
+        samples = [x for x in items if isinstance(x, ChatProcessorOutput)]
+        skipped = tuple((x.image, x.reason) for x in items if isinstance(x, UnreadableSample))
+        batch = self.collate(samples or [self.dataset.stand_in()])
+        if skipped:
+            batch["unreadable"] = skipped
+        return batch
 
 
 BOXES_SHOWN = 3  # images a check_boxes_inside error lists
@@ -195,20 +259,13 @@ def check_boxes_inside(
 
 
 def redraw_teachers(
-    student: Sample, pool: Sequence[Sample], k: int, *, seed: object
+    student: Sample, pool: Sequence[Sample], k: int, *, seed: int, epoch: int
 ) -> tuple[Sample, ...]:
-    """`min(k, candidates)` teachers for `student` from `pool` (never its own image): random among
-    those sharing a class with it first, then random among the rest. Depends only on the
-    arguments (`seed` is hashed with blake2b, not Python's salted `hash`)."""
-    digest = hashlib.blake2b(repr((seed, student.image)).encode(), digest_size=8).digest()
-    rng = random.Random(int.from_bytes(digest, "big"))
-    classes = {o.desc for o in student.objects}
-    candidates = [t for t in pool if t.image != student.image]
-    sharing = [t for t in candidates if classes & {o.desc for o in t.objects}]
-    rest = [t for t in candidates if not classes & {o.desc for o in t.objects}]
-    rng.shuffle(sharing)
-    rng.shuffle(rest)
-    return tuple((sharing + rest)[: max(k, 0)])
+    """`min(k, candidates)` teachers for `student` from `pool` (never its own image), drawn by
+    `draw_teachers` on image paths: the student's objects are not read."""
+    by_image = {t.image: t for t in pool}
+    drawn = draw_teachers(student.image, by_image, k, seed=seed, epoch=epoch)
+    return tuple(by_image[i] for i in drawn)
 
 
 def _cut_teachers(episode: Episode, k: int) -> Episode:

@@ -11,15 +11,26 @@ Progress goes through an optional callback as `DemoProgress` events; the library
 Everything the demo reads ships inside the package, so `bbu demo` runs from an installed wheel in
 any folder.
 
-The default length is a fixed step count (`DEFAULT_STEPS`), so the default demo is the same run on
-every machine: same seed, same data, same steps, same numbers (up to floating-point reduction
-order across CPU kinds). A time budget (`minutes`) is turned into steps instead: one batch is timed
-through the training dry run, and the steps that fit in the budget's training share are planned
-from it.
+The default length is a fixed step count (`DEFAULT_STEPS`, `DEFAULT_TEACHER_STEPS` with teachers),
+so the default demo is the same run on every machine: same seed, same data, same steps, same
+numbers (up to floating-point reduction order across CPU kinds). A time budget (`minutes`) is
+turned into steps instead: one batch is timed through the training dry run, and the steps that fit
+in the budget's training share are planned from it. The step count is sized for the slower of the
+2-core CPUs it was tried on: 650 steps took 499 s in all on one (Intel Xeon) but 671 s on another
+(AMD EPYC). A shorter run ends its cosine schedule sooner, so it is not the 650-step run cut
+short: AP50 was 0.447 after 400 steps and 0.601 after 500 (0.680 after 650); 500 steps come to
+about 6.5 minutes on the Intel machine and 9 on the AMD one.
+
+`teachers` K > 0 is the few-shot demo: `bbu convert` writes K label-blind teachers per student
+(`bbucli.teachers`), training shows each student K teachers drawn again from the pool every epoch
+(`TEACHER_OVERRIDES`), and the evaluation prompts every val image with the K teachers the
+checkpoint carries, as `bbu predict` does. A teacher doubles the tokens of a step but not its time
+(the 151k-vocabulary output layer and the head cost the same): `DEFAULT_TEACHER_STEPS` few-shot
+steps took as much CPU time in all as 400 steps without teachers.
 
 The demo's defaults were tuned on a 2-core CPU (benchmarks/learning.py draws the curve): 224x308
 images (88 vision tokens), padded batches of 8 students grouped by length, no teachers in the
-prompt (they would double every step), a system prompt without the class list (~60 tokens instead
+prompt by default (each lengthens every step), a system prompt without the class list (~60 tokens instead
 of ~430), two-stage token boxes starting 0.6 cells wide (most objects are 12-20 px), at most 256
 answer tokens in the LM loss per step (about 1.2 ms each on 2 cores, for the 151k-vocabulary
 output layer; with 128 the answers often never closed their list), 4 decoder layers, a pixel stem read at every query's box (`detection.stem_width`: without
@@ -53,7 +64,8 @@ if TYPE_CHECKING:
     from bbucli.train.callbacks import TrainProgress
     from bbucli.train.run import TrainResult
 
-DEFAULT_STEPS = 650
+DEFAULT_STEPS = 500
+DEFAULT_TEACHER_STEPS = 300
 DEMO_IMAGES = 300
 DEMO_IMAGE_SIZE = (448, 616)  # generated photos; converted down to 224x308
 DEMO_MAX_PIXELS = 8 * 11 * 28 * 28  # 224x308: an 8x11 merged grid, 88 vision tokens
@@ -74,6 +86,10 @@ DEMO_OVERRIDES = (
     "train.optim=adamw_torch_fused", "train.num_train_epochs=1000", "train.logging_steps=10",
     "train.eval_strategy=no", "train.save_strategy=no", "train.load_best_model_at_end=false",
 )
+#: What the few-shot demo (`teachers` K > 0) adds after DEMO_OVERRIDES and `data.num_teachers=K`:
+#: each student's K label-blind teachers are drawn again from the pool every epoch. Padded batches
+#: stay: grouped by length they carry under 1% padding, so packed rows have nothing to win.
+TEACHER_OVERRIDES = ("data.teacher_resample=true",)
 # Share of a time budget spent in optimizer steps; the rest goes to building the model, the dry
 # run timing one batch, the optimizer update the dry run leaves out, saving and evaluating.
 TRAIN_SHARE = 0.7
@@ -117,6 +133,7 @@ class DemoResult:
     eval_dir: Path
     max_steps: int
     planned_from_s: float | None
+    teachers: int
     ap50: float | None
     ap: float | None
     lm_images: int
@@ -137,7 +154,7 @@ class DemoResult:
             "out_dir": str(self.out_dir), "raw_dir": str(self.raw_dir), "generated": self.generated,
             "data": str(self.data), "run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint),
             "eval_dir": str(self.eval_dir), "max_steps": self.max_steps,
-            "planned_from_s": self.planned_from_s, "AP50": self.ap50, "AP": self.ap,
+            "planned_from_s": self.planned_from_s, "teachers": self.teachers, "AP50": self.ap50, "AP": self.ap,
             "lm_images": self.lm_images, "lm_parsed": self.lm_parsed, "lm_AP50": self.lm_ap50,
             "first_loss": self.first_loss, "last_loss": self.last_loss, "seconds": round(self.seconds, 1),
             "look_next": {what: str(path) for what, path in self.look_next},
@@ -178,19 +195,22 @@ def run_demo(
     val_ratio: float = 0.2,
     lm_images: int = DEMO_LM_IMAGES,
     lm_max_new_tokens: int = DEMO_MAX_NEW_TOKENS,
+    teachers: int = 0,
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
     progress: Callable[[DemoProgress], None] | None = None,
 ) -> DemoResult:
     """Generate or take the raw set, convert, inspect, train and evaluate (module doc).
 
-    minutes / max_steps: the training length, one or the other (neither: DEFAULT_STEPS steps);
+    minutes / max_steps: the training length, one or the other (neither: DEFAULT_STEPS steps,
+    DEFAULT_TEACHER_STEPS with teachers); teachers: K per student (0: none; module doc);
     use_examples: convert examples/raw of the working directory when it has one (a clone's root:
     16 photos, the loop runs but they are too few to learn from; else a set is generated);
     n_images / image_size (w, h) / seed: the generated set (seed also seeds the split and the
     model); max_pixels: the smart_resize bound of convert and the model (model.max_pixels);
     config: the training YAML (default: the packaged tiny config, `tiny_config()`); overrides: `key=value`s applied after
-    the demo's own (DEMO_OVERRIDES, data paths, output_dir, max_steps, seed), so they win.
+    the demo's own (DEMO_OVERRIDES, TEACHER_OVERRIDES, data paths, output_dir, max_steps, seed),
+    so they win.
     defect_rate: in [0, 1], the generated set's probability of the defect state per part (None:
     each part's own rate); zoom: closer generated photos (generate_raw_set); lm_images: val images whose answers are generated and parsed (0: none),
     at most lm_max_new_tokens tokens each.
@@ -199,7 +219,7 @@ def run_demo(
     started = time.perf_counter()
     report = progress or (lambda event: None)
     out_dir = Path(out_dir).expanduser().absolute()
-    _check_arguments(out_dir, minutes, max_steps, n_images, lm_images)
+    _check_arguments(out_dir, minutes, max_steps, n_images, lm_images, teachers)
     config_path = Path(config) if config is not None else tiny_config()
 
     raw_dir, generated = find_examples() if use_examples else None, False
@@ -212,7 +232,7 @@ def run_demo(
         )
 
     data = out_dir / "data" / "bbu.jsonl"
-    options = ConvertOptions(seed=seed, max_pixels=max_pixels, val_ratio=val_ratio)
+    options = ConvertOptions(seed=seed, max_pixels=max_pixels, val_ratio=val_ratio, teachers=max(teachers, 1))
     converted = convert_dataset(
         raw_dir, data, options,
         progress=lambda stage, done, total: report(DemoProgress("convert", done, total, stage)),
@@ -225,7 +245,8 @@ def run_demo(
 
     run_dir = out_dir / "run"
     ours = [
-        *DEMO_OVERRIDES, f"data.train={paths['train']}", f"data.val={paths['val']}", f"data.teachers={paths['teachers']}",
+        *DEMO_OVERRIDES, *((f"data.num_teachers={teachers}", *TEACHER_OVERRIDES) if teachers else ()),
+        f"data.train={paths['train']}", f"data.val={paths['val']}", f"data.teachers={paths['teachers']}",
         f"train.output_dir={run_dir}", f"model.max_pixels={max_pixels}", f"model.seed={seed}",
     ]
     cfg = load_config(config_path, [*ours, *overrides])
@@ -244,7 +265,7 @@ def run_demo(
 
     planned_from = None
     if max_steps is None and minutes is None:
-        max_steps = DEFAULT_STEPS
+        max_steps = DEFAULT_TEACHER_STEPS if teachers else DEFAULT_STEPS
     elif max_steps is None:
         report(DemoProgress("time", 0, 1))
         planned_from = run_training(cfg, dry_run=True).dry_run.seconds
@@ -281,7 +302,7 @@ def run_demo(
     result = DemoResult(
         out_dir=out_dir, raw_dir=raw_dir, generated=generated, data=paths["train"], run_dir=run_dir,
         checkpoint=trained.final_checkpoint, eval_dir=eval_dir, max_steps=max_steps,
-        planned_from_s=planned_from, ap50=coco.get("AP50"), ap=coco.get("AP"),
+        planned_from_s=planned_from, teachers=teachers, ap50=coco.get("AP50"), ap=coco.get("AP"),
         lm_images=int(lm_counts.get("images", 0)),
         lm_parsed=int(lm_counts.get("images", 0)) - int(lm_counts.get("unparseable", 0)),
         lm_ap50=lm.result.coco.get("AP50") if lm is not None else None,
@@ -294,9 +315,11 @@ def run_demo(
 
 
 def _check_arguments(
-    out_dir: Path, minutes: float | None, max_steps: int | None, n_images: int, lm_images: int
+    out_dir: Path, minutes: float | None, max_steps: int | None, n_images: int, lm_images: int, teachers: int
 ) -> None:
     problems = []
+    if teachers < 0:
+        problems.append(f"--teachers must be >= 0, got {teachers}")
     if lm_images < 0:
         problems.append(f"lm_images must be >= 0, got {lm_images}")
     if minutes is not None and max_steps is not None:

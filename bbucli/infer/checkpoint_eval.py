@@ -4,20 +4,31 @@
 
 Steps: read the ground truth (`--data`, default: the `data.val` JSONL named in the checkpoint's
 config.yaml), predict every image whose file exists with `Inference` (teachers as below), then per
-source `evaluate` and write the `eval/` folder (`write_eval_dir`) plus:
+source `evaluate` and write the `eval/` folder (`write_eval_dir`) plus the files below. An image
+that cannot be decoded (a truncated file: its header read fine) is left out of the scoring and
+listed among the problems, `images_unreadable` in inference.json.
 
     predictions.jsonl   the predictions (bbu predictions JSONL; lm lines also carry `raw`, the
                         generated text), boxes in the pixels of the scored image file
-    inference.json      what was run: checkpoint, data, source, teachers, seconds per image (all
-                        sources together), unparseable answers, mean prompt length
+    inference.json      what was run: checkpoint, data, source, teachers (where from, how many,
+                        which), seconds per image (all sources together), unparseable answers,
+                        mean prompt length
 
 One source writes into `out_dir` (default `CKPT/eval/`); several write `out_dir/<source>/` each.
 The folder is created and checked writable before the checkpoint is loaded (`output_paths`).
 
-Teachers: a bbu JSONL episode lists its own teachers (drawn by `bbu convert`); the first K are
-prepended, K = `teachers` or, when None, the training config's `data.num_teachers` (all listed
-ones without a config), then, like training, dropped (the last first) while the prompt exceeds
-the config's `data.max_tokens`. A COCO ground truth has no teachers.
+Teachers (`teacher_source`):
+- "checkpoint" (default): every image gets the teacher examples the checkpoint carries
+  (`teachers/`, the fixed label-blind set `bbu predict` uses too), the first K = `teachers` of
+  them (None: all). Any ground truth, COCO too. A checkpoint saved before bbu kept teachers is
+  evaluated without any, and `CheckpointEvalRun.notes` says so.
+- "episodes": a bbu JSONL episode's own teachers (drawn by `bbu convert`); the first K are
+  prepended, K = `teachers` or, when None, the training config's `data.num_teachers` (all listed
+  ones without a config). A COCO ground truth has none. This is how bbu evaluated before the
+  checkpoint kept teachers; on a JSONL converted by an older bbu, whose teachers were chosen to
+  cover each student's own classes, it measures how much that choice inflated the scores.
+Either way, like training, teachers are dropped (the last first) while the prompt exceeds the
+config's `data.max_tokens`.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bbucli.errors import DataError, UsageError
 from bbucli.evaluation.evaluate import evaluate
@@ -34,12 +46,28 @@ from bbucli.evaluation.output_paths import writable_dir
 from bbucli.evaluation.result import EvalResult
 from bbucli.evaluation.types import GroundTruth
 from bbucli.evaluation.writers import OVERLAYS, write_eval_dir
-from bbucli.infer.inference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TOP_K, SOURCES, Inference
-from bbucli.infer.predict import prediction_line
-from bbucli.model.checkpoint import Checkpoint, load_checkpoint
+from bbucli.infer.inference import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TOP_K,
+    SOURCES,
+    Inference,
+    Prediction,
+    pick_teachers,
+)
+from bbucli.infer.predict import IMAGE_ERRORS, prediction_line
+from bbucli.model.checkpoint import Checkpoint, checkpoint_teachers, load_checkpoint
 from bbucli.model.checkpoint_layout import check_folder
-from bbucli.schema import Episode, Progress, Sample, write_json_atomic, write_jsonl_atomic
+from bbucli.schema import (
+    Episode,
+    Problem,
+    Progress,
+    Sample,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from bbucli.taxonomy import Taxonomy
+
+TEACHER_SOURCES = ("checkpoint", "episodes")
 
 
 @dataclass(frozen=True)
@@ -58,8 +86,9 @@ class SourceEval:
 @dataclass(frozen=True)
 class CheckpointEvalRun:
     """A checkpoint evaluated on a split: one `SourceEval` per source, in the order asked.
-    teachers: K prepended per image (None: all an episode lists); images: in the ground truth;
-    images_predicted: those whose file exists."""
+    teachers: K prepended per image (None: all an episode lists); teacher_source: checkpoint or
+    episodes (module doc); images: in the ground truth; images_predicted: those whose file
+    exists; notes: what the caller should say once (a checkpoint without teachers)."""
 
     checkpoint: Path
     data: Path
@@ -68,6 +97,8 @@ class CheckpointEvalRun:
     images: int
     images_predicted: int
     sources: tuple[SourceEval, ...]
+    teacher_source: str = "checkpoint"
+    notes: tuple[str, ...] = ()
 
 
 def default_data(checkpoint: Checkpoint) -> Path:
@@ -93,6 +124,7 @@ def evaluate_checkpoint(
     *,
     sources: Sequence[str] = ("head",),
     teachers: int | None = None,
+    teacher_source: str = "checkpoint",
     threshold: float | None = None,
     backend: str = "auto",
     taxonomy: Taxonomy | str | Path | None = None,
@@ -108,6 +140,7 @@ def evaluate_checkpoint(
 ) -> CheckpointEvalRun:
     """Predict `data` with the checkpoint and score each source (module doc).
 
+    teachers / teacher_source: which teachers each image gets (module doc).
     threshold: the score threshold of the operating point (None: best F1 on this split);
     taxonomy: tells defect classes apart (default: the checkpoint's taxonomy.yaml, else built-in).
     hypotheses: classes per head query (`Inference`; 1: one box per query).
@@ -119,7 +152,13 @@ def evaluate_checkpoint(
         raise UsageError(f"sources must be among {', '.join(SOURCES)}, got {list(sources)!r}")
     if teachers is not None and teachers < 0:
         raise UsageError(f"--teachers must be >= 0, got {teachers}")
+    if teacher_source not in TEACHER_SOURCES:
+        raise UsageError(
+            f"--teacher-source must be one of {', '.join(TEACHER_SOURCES)}, got {teacher_source!r}"
+        )
     check_folder(Path(checkpoint))
+    if teacher_source == "checkpoint":  # a K the checkpoint cannot give fails before loading
+        pick_teachers(checkpoint_teachers(checkpoint), teachers, Path(checkpoint))
     base = Path(out_dir) if out_dir is not None else Path(checkpoint) / "eval"
     if write:
         writable_dir(base, "eval folder")
@@ -134,10 +173,25 @@ def evaluate_checkpoint(
     split = read_split(data)  # the ground truth and the episodes, in one read of the file
     ground_truth = split.ground_truth
     taxonomy = _taxonomy(taxonomy, ckpt)
-    k = _teacher_count(teachers, ckpt, ground_truth)
-    inference = Inference.of_checkpoint(
-        ckpt, device=resolved_device, batch_size=batch_size, hypotheses=hypotheses
-    )
+    if teacher_source == "checkpoint":
+        inference = Inference.of_checkpoint(
+            ckpt,
+            device=resolved_device,
+            batch_size=batch_size,
+            hypotheses=hypotheses,
+            teachers=teachers,
+        )
+        k: int | None = len(inference.teachers)
+        inputs: list[Path | Episode] = [image.file for image in ground_truth.images]
+        teacher_images = [_in_checkpoint(t.image, ckpt.path) for t in inference.teachers]
+    else:
+        k = _teacher_count(teachers, ckpt, ground_truth)
+        inference = Inference.of_checkpoint(
+            ckpt, device=resolved_device, batch_size=batch_size, hypotheses=hypotheses, teachers=0
+        )
+        inputs = _inputs(split, data.parent, k)
+        teacher_images = None
+    notes = (inference.teacher_note,) if inference.teacher_note else ()
 
     unreadable = [image.key for image in ground_truth.images if image.file is None]
     if unreadable:
@@ -148,17 +202,21 @@ def evaluate_checkpoint(
             hint="image paths in a bbu JSONL are relative to its folder: keep the split next to "
             "the images/ folder `bbu convert` wrote",
         )
-    scored = list(ground_truth.images)
-    report("predict", 0, len(scored))
+    total = len(ground_truth.images)
+    report("predict", 0, total)
     started = time.perf_counter()
-    predictions = inference.predict(
-        _inputs(split, data.parent, k),
-        sources=sources,
+    predictions, failures = _predict_each(
+        inference,
+        inputs,
+        [image.key for image in ground_truth.images],
+        sources,
+        report,
         top_k=top_k,
         max_new_tokens=max_new_tokens,
-        keys=[image.key for image in scored],
-        progress=report,
     )
+    if failures:  # skipped and counted: scoring them would count their objects as missed
+        ground_truth = _without(ground_truth, failures)
+    scored = list(ground_truth.images)
     seconds = (time.perf_counter() - started) / max(len(scored), 1)
 
     results = []
@@ -188,9 +246,12 @@ def evaluate_checkpoint(
                     "checkpoint": str(ckpt.path),
                     "data": str(data),
                     "source": source,
+                    "teacher_source": teacher_source,
                     "teachers": k,
-                    "images": len(ground_truth.images),
+                    "teacher_images": teacher_images,
+                    "images": total,
                     "images_predicted": len(scored),
+                    "images_unreadable": len(failures),
                     "seconds_per_image": round(seconds, 4),
                     "batch_size": batch_size,
                     "device": str(resolved_device),
@@ -208,10 +269,66 @@ def evaluate_checkpoint(
         data,
         ground_truth.format,
         k,
-        len(ground_truth.images),
+        total,
         len(scored),
         tuple(results),
+        teacher_source=teacher_source,
+        notes=notes,
     )
+
+
+def _predict_each(
+    inference: Inference,
+    inputs: Sequence[Path | Episode],
+    keys: Sequence[str],
+    sources: tuple[str, ...],
+    report: Progress,
+    **options: Any,
+) -> tuple[dict[str, list[Prediction]], list[Problem]]:
+    """Predict batch by batch; a batch that fails on an image (a truncated file decodes only
+    here) is predicted again one image at a time, so only the bad images are left out:
+    ({source: predictions in input order}, [one Problem per image left out, where = its key])."""
+    found: dict[str, list[Prediction]] = {source: [] for source in sources}
+    failures: list[Problem] = []
+
+    def run(indices: list[int]) -> None:
+        chunk = [inputs[i] for i in indices]
+        out = inference.predict(chunk, sources=sources, keys=[keys[i] for i in indices], **options)
+        for source in sources:
+            found[source] += out[source]
+
+    step = inference.batch_size
+    for start in range(0, len(inputs), step):
+        indices = list(range(start, min(start + step, len(inputs))))
+        try:
+            run(indices)
+        except IMAGE_ERRORS:
+            for i in indices:  # again one at a time: only the bad images are left out
+                try:
+                    run([i])
+                except IMAGE_ERRORS as exc:
+                    why = exc.message if isinstance(exc, DataError) else str(exc)
+                    failures.append(Problem(keys[i], f"{why}; image not scored"))
+        report("predict", indices[-1] + 1, len(inputs))
+    return found, failures
+
+
+def _without(ground_truth: GroundTruth, failures: Sequence[Problem]) -> GroundTruth:
+    """The ground truth without the images that could not be predicted, which become problems."""
+    left_out = {p.where for p in failures}
+    return replace(
+        ground_truth,
+        images=tuple(image for image in ground_truth.images if image.key not in left_out),
+        problems=(*ground_truth.problems, *failures),
+    )
+
+
+def _in_checkpoint(image: str, folder: Path) -> str:
+    """A teacher image path as inference.json records it: relative to the checkpoint folder."""
+    try:
+        return Path(image).relative_to(folder.absolute()).as_posix()
+    except ValueError:
+        return image
 
 
 def _taxonomy(taxonomy: Taxonomy | str | Path | None, checkpoint: Checkpoint) -> Taxonomy:

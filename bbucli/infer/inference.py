@@ -6,7 +6,9 @@
 
 Prompts are built exactly as in training (`bbucli.infer.prompting`: `ChatProcessor` on an
 episode whose student is the image, cut at `prompt_end`), with the checkpoint's chat template,
-pixel limits and training prompts; optional teacher episodes come first.
+pixel limits and training prompts; teacher episodes come first. By default those are the
+checkpoint's own (`Inference.teachers`, the fixed label-blind set training saved in `teachers/`:
+the prompt shape of training); `teachers=[]` predicts without any.
 
 Images are paths, PIL images (kept in memory: nothing is written) or `Episode`s (the student's
 image with its teachers).
@@ -14,8 +16,9 @@ image with its teachers).
 Frames: the model sees the resized image (`model_wh`); every returned box is xyxy in pixels of
 the original image as it stands upright (EXIF orientation applied, `image_wh`), clipped to it.
 - head: `bbucli.infer.postprocess.HeadDecoder` (normalised cxcywh x `image_wh`; classes by the
-  caption decoder's likelihood of each known class desc - from_checkpoint: the taxonomy's descs
-  the caption vocabulary can spell - or the greedy caption; top `top_k`, then `score_threshold`).
+  caption decoder's likelihood of each known class desc - from_checkpoint: the classes of its
+  training data, which it stores (`Checkpoint.class_descs`) - or the greedy caption; top `top_k`,
+  then `score_threshold`).
 - lm: the greedy answer (`bbucli.infer.generation`) parsed by `parse_answer`; integer boxes
   of `model_wh` scaled per axis to `image_wh`; score = mean token log-probability of the object's
   `{...}` item (`bbucli.infer.answers`). An answer that is not one complete valid list
@@ -47,7 +50,7 @@ from bbucli.infer.prompting import (
     teacher_samples,
     teachers_per_image,
 )
-from bbucli.schema import Progress
+from bbucli.schema import Episode, Progress, Sample
 
 if TYPE_CHECKING:
     from bbucli.chat.loading import VLProcessor
@@ -77,7 +80,10 @@ class Inference:
     """A `BBUModel` + its processor + the training prompts, ready to predict (module doc).
 
     batch_size: images per forward / generate call (left-padded batches); max_tokens: the
-    episode token budget under which teachers are dropped as in training (None: keep all).
+    episode token budget under which teachers are dropped as in training (None: keep all);
+    teachers: the teacher Samples every image gets when `predict` is given none (`teachers`);
+    teacher_note: why there are none although the model may have been trained with some (an
+    old checkpoint), for the caller to show once; None otherwise.
     """
 
     def __init__(
@@ -91,6 +97,8 @@ class Inference:
         max_tokens: int | None = None,
         class_descs: Sequence[str] | None = None,
         hypotheses: int = 1,
+        teachers: Sequence[Sample] = (),
+        teacher_note: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
@@ -100,6 +108,8 @@ class Inference:
         self.processor = processor
         self.prompts = prompts
         self.batch_size = batch_size
+        self.teachers = teacher_samples(teachers)
+        self.teacher_note = teacher_note
         self.device = (
             torch.device(device) if device is not None else next(model.parameters()).device
         )
@@ -131,9 +141,11 @@ class Inference:
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
         hypotheses: int = 1,
+        teachers: int | None = None,
     ) -> Inference:
         """Load a `bbu train` checkpoint folder (`bbucli.model.checkpoint`) with its training
-        prompts and token budget; device default: CUDA when available, else CPU."""
+        prompts, token budget and teachers (`of_checkpoint`); device default: CUDA when
+        available, else CPU."""
         from bbucli.model.checkpoint import load_checkpoint
 
         if device is None:
@@ -142,15 +154,27 @@ class Inference:
             path, device=device, dtype=dtype, attn_implementation=attn_implementation
         )
         return cls.of_checkpoint(
-            checkpoint, device=device, batch_size=batch_size, hypotheses=hypotheses
+            checkpoint,
+            device=device,
+            batch_size=batch_size,
+            hypotheses=hypotheses,
+            teachers=teachers,
         )
 
     @classmethod
     def of_checkpoint(
-        cls, checkpoint: Any, *, device: str | torch.device, batch_size: int = 4, hypotheses: int = 1
+        cls,
+        checkpoint: Any,
+        *,
+        device: str | torch.device,
+        batch_size: int = 4,
+        hypotheses: int = 1,
+        teachers: int | None = None,
     ) -> Inference:
-        """An `Inference` over an already loaded `Checkpoint`, with its prompts, token budget and
-        trained class descs."""
+        """An `Inference` over an already loaded `Checkpoint`, with its prompts, token budget,
+        trained class descs and teachers: the first `teachers` the checkpoint stores (None: all
+        of them; 0: none). UsageError when it stores fewer than asked."""
+        chosen, note = default_teachers(checkpoint, teachers)
         return cls(
             checkpoint.model,
             checkpoint.processor,
@@ -160,6 +184,8 @@ class Inference:
             max_tokens=checkpoint.max_tokens,
             class_descs=checkpoint.class_descs(),
             hypotheses=hypotheses,
+            teachers=chosen,
+            teacher_note=note,
         )
 
     # ---- public ------------------------------------------------------------------------------
@@ -183,7 +209,9 @@ class Inference:
         prompt: the instruction of each user turn (a str) or
         both texts (`Prompts`); None: the training prompts. teachers: episodes shown first, as in
         training: an `Episode` (its teachers) or a list of `Sample`s for every image, or one such
-        entry per image; relative image paths resolve against the working directory.
+        entry per image; relative image paths resolve against the working directory. None:
+        `self.teachers` (the checkpoint's) for every image but an Episode, which brings its own;
+        `[]`: none.
         keys: `Detections.image` of each image (default: the path as given, `image_<i>` for PIL).
         progress: called as ("predict", images done, images) after each batch.
         """
@@ -222,7 +250,10 @@ class Inference:
             raise UsageError(f"top_k must be >= 1 or None, got {top_k}")
         if keys is not None and len(keys) != len(images):
             raise UsageError(f"{len(keys)} keys for {len(images)} images")
-        per_image = teachers_per_image(teachers, len(images))
+        if teachers is None:
+            per_image = [() if isinstance(i, Episode) else self.teachers for i in images]
+        else:
+            per_image = teachers_per_image(teachers, len(images))
         results: dict[str, list[Prediction]] = {s: [] for s in sources}
         for start in range(0, len(images), self.batch_size):
             stop = min(start + self.batch_size, len(images))
@@ -244,8 +275,13 @@ class Inference:
     def prepare(
         self, image: ImageInput, prompt: str | Prompts | None = None, teachers: TeachersInput = None
     ) -> ChatProcessorOutput:
-        """The prompt tensors of one image (what the model reads; ends at the generation header)."""
-        prepared = self.prompt_builder.prepare(image, teacher_samples(teachers), prompt=prompt)
+        """The prompt tensors of one image (what the model reads; ends at the generation header);
+        teachers None: as in `predict`."""
+        if teachers is None:
+            chosen = () if isinstance(image, Episode) else self.teachers
+        else:
+            chosen = teacher_samples(teachers)
+        prepared = self.prompt_builder.prepare(image, chosen, prompt=prompt)
         return prepared.sample
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -303,3 +339,34 @@ class Inference:
                 Prediction(dets, text, error, p.sample.length, p.teachers, p.model_wh)
             )
         return predictions
+
+
+def default_teachers(checkpoint: Any, k: int | None) -> tuple[tuple[Sample, ...], str | None]:
+    """`pick_teachers` of a loaded `Checkpoint`."""
+    return pick_teachers(
+        checkpoint.teachers, k, checkpoint.path, checkpoint.trained_with.num_teachers
+    )
+
+
+def pick_teachers(
+    stored: Sequence[Sample] | None, k: int | None, where: Path, trained: int | None = None
+) -> tuple[tuple[Sample, ...], str | None]:
+    """(the first `k` of the teachers a checkpoint stores (None: all), a note when it stores none
+    (`stored` None: saved before bbu kept them) although it may have been trained with some
+    (`trained`: its `num_teachers`)). UsageError when `k` is more than it stores."""
+    n = len(stored or ())
+    if k is not None and not 0 <= k <= n:
+        raise UsageError(
+            f"--teachers {k}: checkpoint {where} stores {n} teacher example(s)",
+            hint=f"ask for 0..{n} (0: none); `bbu eval --teacher-source episodes` takes the "
+            "teachers each JSONL episode lists",
+        )
+    if stored is None:
+        note = None
+        if k is None and trained != 0:
+            note = (
+                f"checkpoint {where} carries no teacher examples (saved before bbu kept them): "
+                "predicting without teachers, a prompt shape training may not have used"
+            )
+        return (), note
+    return tuple(stored[:k] if k is not None else stored), None

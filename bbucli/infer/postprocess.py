@@ -3,10 +3,14 @@
 `HeadDecoder` turns a `HeadOutput` (pred_boxes (B, Q, 4) normalised cxcywh of the image the model
 saw, pred_logits (B, Q) objectness, hidden (B, Q, D), query_mask (B, Q) with the valid queries
 first) into boxes, scores and descs:
-- with known classes (`class_descs`: the descs the caption vocabulary can spell) each query is
-  labelled by the caption decoder's likelihood of every class desc (teacher-forced, softmax over
-  the classes) and score = sigmoid(objectness) x p(class); a query yields its `hypotheses` best
-  classes (DETR's top-k over query x class pairs; 1: one box per query);
+- with known classes (`class_descs`: the checkpoint's trained classes that the caption vocabulary
+  can spell) each query is labelled by the caption decoder's likelihood of every class desc
+  (teacher-forced, softmax over the classes) and score = sigmoid(objectness) x p(class); a query
+  yields its `hypotheses` best classes (DETR's top-k over query x class pairs; 1: one box per
+  query). Two cuts make this cheap without changing a kept box: the class captions are padded to
+  the longest one (the decoder is causal, so the `PAD` positions after every `EOS` change nothing
+  before them), and queries are scored in objectness order only until no unscored query can
+  enter the top `top_k` (`_class_pairs`);
 - without classes: desc = the greedy caption (compact vocabulary -> Qwen ids -> text), score =
   sigmoid(objectness).
 The top `top_k` by score are kept, then those >= `score_threshold`. Boxes come back xyxy in pixels
@@ -59,7 +63,9 @@ class HeadDecoder:
             if known:
                 self.class_descs = tuple(known)
                 max_len = model.head.config.caption_max_len
-                self._class_targets = vocab.targets([ids[d] for d in known], max_len)
+                targets = vocab.targets([ids[d] for d in known], max_len)
+                longest = int((targets != PAD).sum(-1).max())  # the longest caption and its EOS
+                self._class_targets = targets[:, :longest]
 
     def __call__(
         self,
@@ -108,26 +114,51 @@ class HeadDecoder:
         self, out: HeadOutput, threshold: float | None, top_k: int | None
     ) -> list[Chosen]:
         """Per row: (query of each kept (query, class) pair, objectness x p(class), class desc),
-        best first; each query gives its `hypotheses` most likely classes."""
-        n_classes, per_query = len(self.class_descs), min(self.hypotheses, len(self.class_descs))
-        class_targets = self._class_targets.to(out.hidden.device)
-        head = self.model.head
+        best first; each query gives its `hypotheses` most likely classes.
+
+        A pair scores at most its query's objectness (p(class) <= 1). So the queries are scored in
+        objectness order, ceil(top_k / hypotheses) at a time (the fewest that can fill top_k), and
+        scoring stops once the top_k-th pair found beats the objectness of the next query; a query
+        below `threshold` is never scored. The pairs kept are those of scoring every query. How
+        many are scored depends on the head: all of them when objectness is flat, down to
+        ceil(top_k / hypotheses) when it is confident on a few (`bbu predict --threshold` also
+        skips every query below the threshold)."""
+        per_query = min(self.hypotheses, len(self.class_descs))
         chosen = []
         for row in range(out.hidden.shape[0]):
             n = int(out.query_mask[row].sum())  # valid queries come first
-            hidden = out.hidden[row, :n].float().repeat_interleave(n_classes, 0)
-            targets = class_targets.repeat(n, 1)  # (n * C, L)
-            logits = head.caption_logits(hidden, targets).float()
-            nll = F.cross_entropy(
-                logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none"
-            )
-            p_class = (-nll.sum(-1)).view(n, n_classes).softmax(-1)
-            best, classes = p_class.topk(per_query, dim=-1)
-            scores = (torch.sigmoid(out.pred_logits[row, :n].float())[:, None] * best).flatten()
-            order = best_first(scores, top_k, threshold)
-            descs = [self.class_descs[int(c)] for c in classes.flatten()[order]]
-            chosen.append((order // per_query, scores[order], descs))
+            objectness = torch.sigmoid(out.pred_logits[row, :n].float())
+            queries = best_first(objectness, None, threshold)
+            step = max(len(queries) if top_k is None else -(-top_k // per_query), 1)
+            scored, scores, classes = [], [], []
+            for at in range(0, len(queries), step):
+                batch, rest = queries[at : at + step], queries[at + step :]
+                best, which = self._classify(out.hidden[row, batch], per_query)
+                scored.append(batch.repeat_interleave(per_query))
+                scores.append((objectness[batch, None] * best).flatten())
+                classes.append(which.flatten())
+                if len(rest) and _settled(torch.cat(scores), top_k, objectness[rest[0]]):
+                    break
+            if not scored:
+                chosen.append((queries, objectness[queries], []))
+                continue
+            scored_t, scores_t, classes_t = torch.cat(scored), torch.cat(scores), torch.cat(classes)
+            order = best_first(scores_t, top_k, threshold)
+            descs = [self.class_descs[int(c)] for c in classes_t[order]]
+            chosen.append((scored_t[order], scores_t[order], descs))
         return chosen
+
+    def _classify(self, hidden: torch.Tensor, per_query: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (M, W) query states -> (p, class index), both (M, per_query): each query's
+        `per_query` most likely classes, by the caption decoder's teacher-forced likelihood of every
+        class desc, softmaxed over the classes."""
+        n_classes = len(self.class_descs)
+        targets = self._class_targets.to(hidden.device).repeat(hidden.shape[0], 1)  # (M * C, L)
+        conditions = hidden.float().repeat_interleave(n_classes, 0)
+        logits = self.model.head.caption_logits(conditions, targets).float()
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD, reduction="none")
+        p_class = (-nll.sum(-1)).view(-1, n_classes).softmax(-1)
+        return p_class.topk(per_query, dim=-1)
 
     def _captions(self, hidden: torch.Tensor, keep_per_row: list[torch.Tensor]) -> list[list[str]]:
         """Greedy captions of the kept queries, decoded to text (UNCAPTIONED when empty or when
@@ -148,6 +179,13 @@ class HeadDecoder:
             out.append(texts[at : at + n])
             at += n
         return out
+
+
+def _settled(scores: torch.Tensor, top_k: int | None, bound: torch.Tensor) -> bool:
+    """Whether a pair scoring at most `bound` can no longer enter the top `top_k` of `scores`."""
+    if top_k is None or len(scores) < top_k:
+        return False
+    return bool(scores.topk(top_k).values[-1] >= bound)
 
 
 def best_first(scores: torch.Tensor, top_k: int | None, threshold: float | None) -> torch.Tensor:

@@ -6,6 +6,10 @@ The JSONL is the bbu predictions format (`bbucli.evaluation.predictions`), one l
 `bbox_2d`), and lines of the `lm` source also carry `raw`, the generated text. It can be scored
 later with `bbu eval preds.jsonl --data GT` when the paths match the ground truth's keys.
 
+Every image is prompted as in training: after the checkpoint's own teacher examples (`teachers/`,
+the fixed label-blind set training saved; `teachers=K` keeps the first K, 0 none). A checkpoint
+saved before bbu kept teachers predicts without them, and `PredictRun.notes` says so.
+
 Outputs are checked writable before the model is loaded (`output_paths`). An image that cannot be
 predicted (unreadable, truncated, an aspect ratio the model cannot take) costs only itself: its
 batch is predicted again image by image, the others are predicted, written and rendered, and the
@@ -32,7 +36,9 @@ from bbucli.infer.inference import (
     Inference,
     Prediction,
     Source,
+    pick_teachers,
 )
+from bbucli.model.checkpoint import checkpoint_teachers
 from bbucli.model.checkpoint_layout import check_folder
 from bbucli.schema import Problem, Progress, write_jsonl_atomic
 from bbucli.taxonomy import Taxonomy
@@ -43,7 +49,8 @@ class PredictRun:
     """predictions: one per image predicted, in order; records: their JSONL lines; out: the JSONL
     written (None when not asked); renders: the pictures written (JPEG, original size: photos
     are large, and PNG is slow and big for them); failures: the images that could not be
-    predicted (where: the path as given), in order."""
+    predicted (where: the path as given), in order; teachers: the teacher examples prepended
+    to every prompt (image paths); notes: what the caller should say once (no teachers)."""
 
     predictions: tuple[Prediction, ...]
     records: tuple[dict[str, Any], ...]
@@ -51,6 +58,8 @@ class PredictRun:
     renders: tuple[Path, ...]
     source: str
     failures: tuple[Problem, ...] = ()
+    teachers: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def prediction_line(prediction: Prediction) -> dict[str, Any]:
@@ -141,24 +150,27 @@ def predict_images(
     batch_size: int = 4,
     device: str | None = None,
     dtype: str | None = None,
+    teachers: int | None = None,
     progress: Progress | None = None,
 ) -> PredictRun:
     """Predict `images` (paths) with the checkpoint; write the JSONL to `out` and pictures into
     `render_dir` when given. Raises DataError for a missing image and UsageError for an output
     that cannot be written, both before loading the model; an image that cannot be predicted is
-    a `failures` entry (module doc).
+    a `failures` entry (module doc). teachers: how many of the checkpoint's teacher examples
+    to prepend (None: all; 0: none); UsageError, before loading, when it stores fewer.
     progress: called as (stage, done, total) for the stages "load", "predict", "render"."""
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"image not found: {missing[0]}{more}", hint="pass existing image files")
     check_folder(Path(checkpoint))  # before creating outputs for what is no checkpoint
+    pick_teachers(checkpoint_teachers(checkpoint), teachers, Path(checkpoint))  # a bad K fails fast
     out_path = writable_file(out, "predictions file") if out is not None else None
     folder = writable_dir(render_dir, "render folder") if render_dir is not None else None
     report = progress or (lambda stage, done, total: None)
     report("load", 0, 1)
     inference = Inference.from_checkpoint(
-        checkpoint, device=device, batch_size=batch_size, dtype=dtype
+        checkpoint, device=device, batch_size=batch_size, dtype=dtype, teachers=teachers
     )
     report("load", 1, 1)
     report("predict", 0, len(images))
@@ -188,5 +200,12 @@ def predict_images(
             renders.append(path)
             report("render", n, len(found))
     return PredictRun(
-        tuple(predictions), records, out_path, tuple(renders), source, tuple(failures)
+        tuple(predictions),
+        records,
+        out_path,
+        tuple(renders),
+        source,
+        tuple(failures),
+        teachers=tuple(t.image for t in inference.teachers),
+        notes=(inference.teacher_note,) if inference.teacher_note else (),
     )

@@ -3,7 +3,8 @@
 The model returns one `LayerOutput` per decoder layer; `DetectionCriterion` matches all layers in
 one go with the `HungarianMatcher` it holds, then computes one small loss per term, DETR-style:
 - `l1`, `giou`: on matched (query, target) pairs, boxes cxcywh normalised (GIoU on xyxy);
-- `objectness`: sigmoid focal loss on every query, 1 for matched queries, 0 for the rest.
+- `objectness`: sigmoid focal loss on every real query, 1 for matched queries, 0 for the rest
+  (padding queries, outside `query_mask`, are neither matched nor scored).
 Each is summed and divided by `num_boxes`, the GT count averaged over ranks (see
 `num_boxes_across_ranks`). The last layer's losses have plain keys, earlier (auxiliary) layers
 `<name>_<layer>`. The losses are unweighted (`bbucli.loss.weights` weighs them) and come back with
@@ -93,10 +94,12 @@ class DetectionCriterion:
         num_boxes: float,
         step: int | None = None,
         anchors: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
     ) -> DetectionLosses:
         """outputs: one `LayerOutput` per decoder layer, first to last; targets: one `DetTargets`
         per image; anchors: optional (B, Q, 4) cxcywh cell of every query, for the matching's
-        spatial prior (`cost_center`)."""
+        spatial prior (`cost_center`); query_mask: optional (B, Q) bool, True for real queries
+        (None: all are), the same for every layer."""
         if num_boxes <= 0:
             raise ValueError(f"num_boxes must be positive, got {num_boxes}")
         if not outputs:
@@ -108,6 +111,7 @@ class DetectionCriterion:
             [t.boxes for t in targets],
             step=step,
             anchors=anchors,
+            query_mask=query_mask,
         )
         tgt_boxes = torch.cat([t.boxes for t in targets]).to(device=device, dtype=torch.float32)
 
@@ -118,7 +122,9 @@ class DetectionCriterion:
             suffix = "" if k == last else f"_{k}"
             losses[f"l1{suffix}"] = self.loss_l1(out, matched, tgt_boxes, num_boxes)
             losses[f"giou{suffix}"] = self.loss_giou(out, matched, tgt_boxes, num_boxes)
-            losses[f"objectness{suffix}"] = self.loss_objectness(out, matched, num_boxes)
+            losses[f"objectness{suffix}"] = self.loss_objectness(
+                out, matched, num_boxes, query_mask
+            )
         return DetectionLosses(losses, indices)
 
     def loss_l1(
@@ -138,14 +144,21 @@ class DetectionCriterion:
         return (1 - giou).sum() / num_boxes
 
     def loss_objectness(
-        self, out: LayerOutput, matched: _Matched, num_boxes: float
+        self,
+        out: LayerOutput,
+        matched: _Matched,
+        num_boxes: float,
+        query_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Focal loss summed over all B * Q queries (matched ones are positives) / num_boxes."""
+        """Focal loss summed over the real queries (all B * Q without `query_mask`; matched ones
+        are positives) / num_boxes."""
         logits = out.logits.float()
         is_object = torch.zeros_like(logits)
         is_object[matched.batch, matched.query] = 1.0
         alpha, gamma = self.matcher.focal_alpha, self.matcher.focal_gamma
         loss = sigmoid_focal_loss(logits, is_object, alpha=alpha, gamma=gamma)
+        if query_mask is not None:
+            loss = loss * query_mask.to(device=loss.device, dtype=loss.dtype)
         return loss.sum() / num_boxes
 
 

@@ -14,10 +14,14 @@ label, the one its predecessor's last position would predict.
 
 Two ways to pay for fewer tokens, both for small models on a CPU where the (D x 151k) lm_head is
 most of a step: `segments` leaves out the answer segments whose loss weight is 0 (their losses
-are then 0, still in the graph), and `max_tokens` scores a uniformly random subset of at most that
-many supervised positions, drawn from `generator`. Without replacement and uniform over positions,
-each segment's mean over the subset is an unbiased-in-expectation (ratio) estimate of its full
-token mean; the counts returned are the tokens actually scored.
+are then 0, still in the graph), and `max_tokens` scores a random subset of about that many
+supervised positions, drawn from `generator` segment by segment (`draw_per_segment`): each
+segment present gets its share of the budget, at least one token, drawn uniformly without
+replacement among its own positions, so each segment's mean over its draw is an unbiased
+estimate of its full token mean. (One uniform draw over all positions would not be: a segment
+that happens to draw no token would count as 0, and a short teacher answer next to a long
+student one often draws none at small budgets.) The counts returned are the tokens actually
+scored.
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ def lm_losses(
     """hidden_states: (B, S, D) final normalised hidden states; labels: (B, S) token ids, -100
     where unsupervised; segment: (B, S) 0 prompt, 1 teacher answer, 2 student answer, -1 padding;
     lm_head: (..., D) -> (..., V). chunk_size: supervised positions per lm_head call; segments:
-    the answer segments scored; max_tokens: score a random subset of at most this many supervised
-    positions (None: all), drawn with `generator` (a CPU generator; None: torch's global one)."""
+    the answer segments scored; max_tokens: score a random subset of this many supervised
+    positions (None: all), drawn per segment (`draw_per_segment`) with `generator` (a CPU
+    generator; None: torch's global one)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if max_tokens is not None and max_tokens < 1:
@@ -81,18 +86,21 @@ def lm_losses(
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX
     target_segment = segment[:, 1:][supervised]
-    other = supervised.sum() - sum((target_segment == s).sum() for s in (SEGMENT_TEACHER, SEGMENT_STUDENT))
+    other = supervised.sum() - sum(
+        (target_segment == s).sum() for s in (SEGMENT_TEACHER, SEGMENT_STUDENT)
+    )
     if int(other):
         raise ValueError(
             f"{int(other)} supervised tokens lie outside the teacher (1) and student (2) answer segments"
         )
     if set(segments) != {SEGMENT_TEACHER, SEGMENT_STUDENT}:
-        scored = supervised & torch.isin(segment[:, 1:], torch.tensor(segments, device=segment.device))
+        scored = supervised & torch.isin(
+            segment[:, 1:], torch.tensor(segments, device=segment.device)
+        )
         supervised, target_segment = scored, segment[:, 1:][scored]
     positions = supervised.flatten().nonzero().squeeze(1)  # (N,) in row-major order
     if max_tokens is not None and len(positions) > max_tokens:
-        pick = torch.randperm(len(positions), generator=generator)[:max_tokens].sort().values
-        pick = pick.to(positions.device)
+        pick = draw_per_segment(target_segment.cpu(), max_tokens, generator).to(positions.device)
         positions, target_segment = positions[pick], target_segment[pick]
     rows, cols = positions // targets.shape[1], positions % targets.shape[1]
     hidden = hidden_states[rows, cols]  # (N, D): position t predicts token t + 1
@@ -120,6 +128,31 @@ def lm_losses(
     teacher_lm = (per_token * teacher).sum() / n_teacher.clamp(min=1) + zero
     student_lm = (per_token * student).sum() / n_student.clamp(min=1) + zero
     return LMLosses(teacher_lm, student_lm, n_teacher, n_student)
+
+
+def draw_per_segment(
+    segment: torch.Tensor, budget: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Indices (ascending) of about `budget` of the N tokens whose segments `segment` (N,) gives.
+
+    Every segment present gets the share of the budget its token count earns (largest remainder),
+    at least one token, and draws it uniformly without replacement among its own tokens, so its
+    mean over the draw is an unbiased estimate of its mean over all its tokens. The total is
+    `budget`, or the number of segments present when that is larger."""
+    kinds, counts = torch.unique(segment, return_counts=True)
+    total, counts = int(counts.sum()), counts.tolist()
+    shares = [budget * c // total for c in counts]
+    by_remainder = sorted(range(len(counts)), key=lambda i: -(budget * counts[i] % total))
+    for i in by_remainder[: budget - sum(shares)]:
+        shares[i] += 1
+    shares = [max(1, share) for share in shares]
+    while sum(shares) > max(budget, len(shares)):  # the minimum of one went over the budget
+        shares[shares.index(max(shares))] -= 1
+    picks = []
+    for kind, count, share in zip(kinds.tolist(), counts, shares, strict=True):
+        members = (segment == kind).nonzero().squeeze(1)
+        picks.append(members[torch.randperm(count, generator=generator)[:share]])
+    return torch.cat(picks).sort().values
 
 
 def _token_ce(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

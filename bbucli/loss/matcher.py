@@ -5,8 +5,9 @@ matching. Cost per (query, target) pair: `cost_obj * focal objectness cost + cos
 + cost_giou * (-GIoU) [+ cost_center * spatial prior]`, boxes cxcywh normalised to [0, 1] for L1
 and xyxy (same frame) for GIoU. Every per-image cost matrix of a step is built on the predictions'
 device in one batched pass (targets padded to the largest image, never one cross-batch matrix),
-copied to the host once, and solved image by image with scipy's `linear_sum_assignment`. Nothing
-here needs gradients.
+copied to the host once, and solved image by image with scipy's `linear_sum_assignment`. Only
+valid queries take part (`query_mask`): an image padded next to a bigger one never has a padding
+query matched, even when it has more objects than valid queries. Nothing here needs gradients.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from bbucli.loss.costs import MatchCosts
 from bbucli.loss.focal import focal_objectness_cost
 
 MatchIndices = tuple[torch.Tensor, torch.Tensor]
-"""(pred_idx, tgt_idx): two (M,) int64 CPU tensors, M = min(Q, N_i), pred_idx ascending."""
+"""(pred_idx, tgt_idx): two (M,) int64 CPU tensors, M = min(valid queries, N_i), pred_idx
+ascending."""
 
 # Any valid box does: padded target columns are sliced off before the assignment.
 _PAD_BOX_CXCYWH = 0.5
@@ -69,7 +71,9 @@ class HungarianMatcher(MatchCosts):
         tgt_xyxy = cxcywh_to_xyxy(tgt_boxes).mT.contiguous().mT
         cost = torch.cdist(pred_boxes, tgt_boxes, p=1).mul_(self.cost_bbox)
         cost.sub_(_batched_giou(pred_xyxy, tgt_xyxy), alpha=self.cost_giou)
-        obj = focal_objectness_cost(pred_logits.float(), alpha=self.focal_alpha, gamma=self.focal_gamma)
+        obj = focal_objectness_cost(
+            pred_logits.float(), alpha=self.focal_alpha, gamma=self.focal_gamma
+        )
         cost.add_(obj.unsqueeze(-1), alpha=self.cost_obj)
         if anchors is not None and self.cost_center > 0:
             cost.add_(center_prior_outside(anchors, tgt_boxes).float(), alpha=self.cost_center)
@@ -83,6 +87,7 @@ class HungarianMatcher(MatchCosts):
         *,
         step: int | None = None,
         anchors: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
     ) -> list[list[MatchIndices]]:
         """Match every decoder layer's queries to the targets with one device-to-host copy.
 
@@ -90,8 +95,12 @@ class HungarianMatcher(MatchCosts):
         B and Q for all; targets: B tensors `(N_i, 4)` cxcywh normalised (N_i may be 0).
         anchors: optional (B, Q, 4) cxcywh of where each query comes from, the same for every
         layer, for the spatial prior `cost_center` (see `cost`).
+        query_mask: optional (B, Q) bool, True for the real queries of each image (the head's
+        `query_mask`, or `token_mask` for its token stage); padding queries are never matched and
+        their predictions may be anything. None: every query is real.
         Returns `result[layer][image] = (pred_idx, tgt_idx)`, empty for images without targets.
-        Raises `MatchingError` naming the step, layer and image of the first non-finite cost.
+        Raises `MatchingError` naming the step, layer and image of the first non-finite cost of a
+        real query.
         """
         if not layers:
             raise ValueError("match_layers needs at least one decoder layer")
@@ -104,6 +113,10 @@ class HungarianMatcher(MatchCosts):
                 )
         if len(targets) != batch:
             raise ValueError(f"{len(targets)} target tensors for a batch of {batch} images")
+        if query_mask is not None and query_mask.shape != (batch, num_queries):
+            raise ValueError(
+                f"query_mask {tuple(query_mask.shape)} does not match the queries ({batch}, {num_queries})"
+            )
         sizes = [int(t.shape[0]) for t in targets]
         empty = torch.empty(0, dtype=torch.int64)
         if max(sizes, default=0) == 0 or num_queries == 0:
@@ -122,19 +135,26 @@ class HungarianMatcher(MatchCosts):
             padded.repeat(len(layers), 1, 1),
             anchors=None if anchors is None else anchors.to(device).repeat(len(layers), 1, 1),
         )
-        cost_host = cost.cpu().numpy()  # the step's only device-to-host copy (a no-op on CPU)
+        # The mask travels as one more column, so that the host still gets a single copy.
+        valid = torch.ones(batch, num_queries, device=device) if query_mask is None else query_mask
+        valid = valid.to(device=device, dtype=cost.dtype).repeat(len(layers), 1)
+        host = torch.cat((cost, valid.unsqueeze(-1)), dim=-1).cpu().numpy()  # (L * B, Q, N_max + 1)
+        cost_host, real_rows = host[..., :-1], [np.flatnonzero(m) for m in host[:batch, :, -1] > 0]
         if not np.isfinite(cost_host).all():
-            _raise_first_non_finite(cost_host, sizes, step)
+            _raise_first_non_finite(cost_host, sizes, real_rows, step)
 
         result: list[list[MatchIndices]] = []
         for layer in range(len(layers)):
             pairs: list[MatchIndices] = []
             for image, n in enumerate(sizes):
-                if n == 0:
+                rows = real_rows[image]
+                if n == 0 or len(rows) == 0:
                     pairs.append((empty, empty))
                     continue
-                rows, cols = linear_sum_assignment(cost_host[layer * batch + image, :, :n])
-                pairs.append((torch.from_numpy(rows).long(), torch.from_numpy(cols).long()))
+                block = cost_host[layer * batch + image, rows, :n]
+                picked, cols = linear_sum_assignment(block)
+                # rows ascend and so does `picked`: pred_idx stays ascending.
+                pairs.append((torch.from_numpy(rows[picked]).long(), torch.from_numpy(cols).long()))
             result.append(pairs)
         return result
 
@@ -146,15 +166,20 @@ class HungarianMatcher(MatchCosts):
         *,
         step: int | None = None,
         anchors: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
     ) -> list[MatchIndices]:
         """One decoder layer's matching, per image.
 
         pred_logits: (B, Q) objectness logits; pred_boxes: (B, Q, 4) cxcywh normalised; targets:
-        B tensors (N_i, 4) cxcywh normalised. Returns B pairs `(pred_idx, tgt_idx)` of int64 CPU
-        tensors of length min(Q, N_i), minimising the summed cost. Use `match_layers` to match
-        several decoder layers with a single device-to-host copy.
+        B tensors (N_i, 4) cxcywh normalised; query_mask: optional (B, Q) bool of real queries.
+        Returns B pairs `(pred_idx, tgt_idx)` of int64 CPU tensors of length min(real queries,
+        N_i), minimising the summed cost. Use `match_layers` to match several decoder layers with
+        a single device-to-host copy.
         """
-        return self.match_layers([(pred_logits, pred_boxes)], targets, step=step, anchors=anchors)[0]
+        layers = [(pred_logits, pred_boxes)]
+        return self.match_layers(
+            layers, targets, step=step, anchors=anchors, query_mask=query_mask
+        )[0]
 
 
 def hungarian_matcher(
@@ -164,11 +189,15 @@ def hungarian_matcher(
     *,
     step: int | None = None,
     anchors: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
     **costs: float,
 ) -> list[MatchIndices]:
     """`HungarianMatcher(**costs)(pred_logits, pred_boxes, targets)`: the 0.1 function, kept so that
     `bbucli.hungarian_matcher` still works. `costs` are `MatchCosts` fields (cost_obj, ...)."""
-    return HungarianMatcher(**costs)(pred_logits, pred_boxes, targets, step=step, anchors=anchors)
+    matcher = HungarianMatcher(**costs)
+    return matcher(
+        pred_logits, pred_boxes, targets, step=step, anchors=anchors, query_mask=query_mask
+    )
 
 
 def center_prior_outside(anchors: torch.Tensor, tgt_boxes: torch.Tensor) -> torch.Tensor:
@@ -187,16 +216,20 @@ def center_prior_outside(anchors: torch.Tensor, tgt_boxes: torch.Tensor) -> torc
     return (dx > reach_x) | (dy > reach_y)
 
 
-def _raise_first_non_finite(cost_host: np.ndarray, sizes: list[int], step: int | None) -> None:
-    """Raise for the first (layer, image) whose real (unpadded) cost block is not finite.
+def _raise_first_non_finite(
+    cost_host: np.ndarray, sizes: list[int], real_rows: list[np.ndarray], step: int | None
+) -> None:
+    """Raise for the first (layer, image) whose real block (real queries x real targets) is not
+    finite.
 
-    Padding columns only inherit non-finite values from their rows, so an image whose block is
-    finite (or that has no targets, hence no cost matrix) is not an error.
+    Padding columns only inherit non-finite values from their rows, and padding queries are never
+    matched, so an image whose real block is finite (or that has no targets, hence no cost
+    matrix) is not an error.
     """
     batch = len(sizes)
     for problem in range(cost_host.shape[0]):
         layer, image = divmod(problem, batch)
-        block = cost_host[problem, :, : sizes[image]]
+        block = cost_host[problem, real_rows[image], : sizes[image]]
         bad = int((~np.isfinite(block)).sum())
         if bad:
             at_step = "an unknown step" if step is None else f"step {step}"

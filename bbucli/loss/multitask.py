@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bbucli.loss.detection import (
     DetectionCriterion,
@@ -100,9 +101,11 @@ class MultiTaskLoss:
     stage also trains boxes (`l1_token`, `giou_token`), matching every target to this many
     tokens (one-to-many, as in H-DETR's hybrid branch: more box supervision per image while the
     decoder keeps one-to-one matching).
-    `lm_max_tokens`: score at most this many answer tokens per step, a random subset drawn from
-    the step number (reproducible; `bbucli.loss.lm`); None: all. Answer segments whose weight is 0
-    are never scored.
+    `lm_max_tokens`: while the model trains, score about this many answer tokens per step, a
+    random subset drawn per segment from the step number (reproducible; `bbucli.loss.lm`); None:
+    all. A model in eval mode is always scored on every answer token, so `eval_loss` (the usual
+    best-model metric) is the full loss, not a draw. Answer segments whose weight is 0 are never
+    scored.
     """
 
     def __init__(
@@ -126,13 +129,67 @@ class MultiTaskLoss:
         self.lm_max_tokens = lm_max_tokens
         self.lm_segments = tuple(
             segment
-            for segment, weight in ((SEGMENT_TEACHER, weights.teacher_weight), (SEGMENT_STUDENT, weights.student_weight))
+            for segment, weight in (
+                (SEGMENT_TEACHER, weights.teacher_weight),
+                (SEGMENT_STUDENT, weights.student_weight),
+            )
             if weight
         )
         self.captions = captions
         self.token_aux = token_aux
         self.lm_chunk_size = lm_chunk_size
-        self.criterion = DetectionCriterion(HungarianMatcher() if matcher is None else matcher, aux=aux)
+        self.criterion = DetectionCriterion(
+            HungarianMatcher() if matcher is None else matcher, aux=aux
+        )
+
+    def idle_parameters(self, model: BBUModel) -> list[str]:
+        """Names of `model`'s trainable parameters this loss never sends a gradient to, whatever
+        the batch: the modules whose only way into the total is a term weighted 0 or a stage not
+        scored. Empty with the default settings. A run freezes them (`bbucli.train.build`): DDP
+        expects a gradient for every trainable parameter (else the second step fails on several
+        devices), and its search for unused ones cannot be used instead, since the caption loss
+        runs head parameters outside the model's forward.
+
+        - objectness_weight 0: the decoder's and the tokens' objectness heads (the top-K choice
+          reads token scores without a gradient);
+        - token_aux off: the token stage (its scores, and its boxes with `token_boxes`; queries
+          start from those boxes detached);
+        - bbox_l1_weight and bbox_giou_weight 0: the box heads (the next layer's reference box is
+          detached);
+        - no caption loss (caption_weight 0, or no caption targets): the caption decoder;
+        - no detection and no caption term: the whole head;
+        - no LM term (teacher_weight and student_weight 0): an untied lm_head, and the language
+          model's layers after `text_layer` with its final norm when the head reads an inner
+          layer.
+        """
+        head, w = model.head, self.weights
+        captioned = (
+            head.caption_decoder is not None and w.caption_weight > 0 and self.captions is not None
+        )
+        boxes = w.bbox_l1_weight > 0 or w.bbox_giou_weight > 0
+        idle: list[nn.Module | None] = []
+        if not (w.objectness_weight > 0 or boxes or captioned):
+            idle.append(head)
+        else:
+            if not w.objectness_weight > 0:
+                idle += [head.decoder.obj_head, head.token_score_head]
+            if not self.token_aux:
+                idle += [head.token_score_head, head.token_box_head]
+            if not boxes:
+                idle += [head.decoder.box_head, head.token_box_head]
+            if not captioned:
+                idle.append(head.caption_decoder)
+        if not self.lm_segments:
+            qwen = model.qwen
+            lm_head = qwen.get_output_embeddings()
+            if lm_head.weight is not qwen.get_input_embeddings().weight:
+                idle.append(lm_head)
+            language = qwen.model.language_model
+            idle += list(language.layers[model.text_layer :])
+            if model.text_layer < model.num_layers:
+                idle.append(language.norm)
+        ids = {id(p) for module in idle if module is not None for p in module.parameters()}
+        return [n for n, p in model.named_parameters() if p.requires_grad and id(p) in ids]
 
     def __call__(
         self,
@@ -142,6 +199,7 @@ class MultiTaskLoss:
         *,
         step: int | None = None,
     ) -> LossBreakdown:
+        max_tokens = self.lm_max_tokens if model.training else None
         lm = lm_losses(
             output.hidden_states,
             batch["labels"],
@@ -149,8 +207,10 @@ class MultiTaskLoss:
             model.qwen.get_output_embeddings(),
             chunk_size=self.lm_chunk_size,
             segments=self.lm_segments,
-            max_tokens=self.lm_max_tokens,
-            generator=None if step is None or self.lm_max_tokens is None else torch.Generator().manual_seed(step),
+            max_tokens=max_tokens,
+            generator=None
+            if step is None or max_tokens is None
+            else torch.Generator().manual_seed(step),
         )
         losses: dict[str, torch.Tensor] = {"teacher_lm": lm.teacher_lm, "student_lm": lm.student_lm}
         stats: dict[str, torch.Tensor | float] = {
@@ -193,21 +253,46 @@ class MultiTaskLoss:
         ]
         # Every token's cell: where each query and each token-stage proposal comes from.
         spatial_prior = self.criterion.matcher.cost_center > 0
-        cells = token_cell_boxes(output.grid_hw, head.token_logits.shape[1]) if spatial_prior else None
+        cells = (
+            token_cell_boxes(output.grid_hw, head.token_logits.shape[1]) if spatial_prior else None
+        )
         query_cells = None
         if cells is not None:
             query_cells = cells.gather(1, head.query_index[..., None].expand(-1, -1, 4))
-        det = self.criterion(layers, targets, num_boxes=num_boxes, step=step, anchors=query_cells)
+        det = self.criterion(
+            layers,
+            targets,
+            num_boxes=num_boxes,
+            step=step,
+            anchors=query_cells,
+            query_mask=head.query_mask,
+        )
         losses = dict(det.losses)
         if self.token_aux:
             stage = LayerOutput(head.token_logits, head.token_boxes)
             if model.head.token_box_head is not None:
                 k = self.token_matches
                 many = [DetTargets(t.boxes.repeat(k, 1)) for t in targets]
-                token = self.criterion([stage], many, num_boxes=num_boxes * k, step=step, anchors=cells)
-                losses.update({f"{key}_token": token.losses[key] for key in ("l1", "giou", "objectness")})
+                token = self.criterion(
+                    [stage],
+                    many,
+                    num_boxes=num_boxes * k,
+                    step=step,
+                    anchors=cells,
+                    query_mask=head.token_mask,
+                )
+                losses.update(
+                    {f"{key}_token": token.losses[key] for key in ("l1", "giou", "objectness")}
+                )
             else:
-                token = self.criterion([stage], targets, num_boxes=num_boxes, step=step, anchors=cells)
+                token = self.criterion(
+                    [stage],
+                    targets,
+                    num_boxes=num_boxes,
+                    step=step,
+                    anchors=cells,
+                    query_mask=head.token_mask,
+                )
                 losses["objectness_token"] = token.losses["objectness"]
         if (
             self.weights.caption_weight > 0

@@ -6,10 +6,14 @@
       processor/          tokenizer, preprocessor_config.json (pixel limits), chat_template.json
       head.safetensors    the detection head's state dict (names relative to `DetectionHead`)
       bbu.json            format, versions, head config, text_layer, caption vocabulary, prompts,
-                          trained_with (`TrainedWith`: the training config's facts inference needs),
+                          trained_with (`TrainedWith`: the training config's facts inference needs,
+                          and the classes of the training data),
                           extra
       config.yaml         the resolved training config (when given)
       taxonomy.yaml       the taxonomy the data was converted with (when given)
+      teachers/           the inference teachers (when given): teachers.jsonl, one bbu episode
+                          per teacher (the teacher as its student), image paths relative to
+                          teachers/, and the images it names (copied as training read them)
 
 Saving is atomic at the folder level: everything is written into a hidden temporary sibling
 (`.ckpt.tmp-*`, `bbu.json` last), which is then renamed into place. An existing checkpoint is
@@ -25,7 +29,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +47,7 @@ from bbucli.model.checkpoint_layout import (
     QWEN_DIR,
     RETRAIN_HINT,
     TAXONOMY_FILE,
+    TEACHERS_DIR,
     check_folder,
     check_head_state,
     missing_files,
@@ -50,6 +55,7 @@ from bbucli.model.checkpoint_layout import (
     read_meta,
 )
 from bbucli.model.trained_with import TrainedWith
+from bbucli.schema import Episode, Sample, read_episodes, write_jsonl_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +63,9 @@ if TYPE_CHECKING:
     from bbucli.chat.loading import VLProcessor
     from bbucli.chat.prompts import Prompts
     from bbucli.model.bbu_model import BBUModel
+
+TEACHERS_FILE = f"{TEACHERS_DIR}/teachers.jsonl"
+TEACHER_IMAGES = "images"  # inside teachers/
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +97,11 @@ class Checkpoint:
         return self.meta.get("extra") or {}
 
     @property
+    def teachers(self) -> tuple[Sample, ...] | None:
+        """The teachers inference prepends (`checkpoint_teachers`); None: written without any."""
+        return checkpoint_teachers(self.path)
+
+    @property
     def max_tokens(self) -> int | None:
         """The training token budget per episode (config `data.max_tokens`), None without one."""
         return self.trained_with.max_tokens
@@ -96,9 +110,8 @@ class Checkpoint:
         """The system prompt and instruction the model was trained with.
 
         bbu.json `prompts` when the trainer saved them (exact); otherwise rebuilt like training
-        builds them: the classes of the checkpoint's taxonomy.yaml (else the config's
-        `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang`; what the config
-        does not state takes `build_prompts`'s default."""
+        builds them: `class_descs()` in the config's `data.lang`; what the config does not state
+        takes `build_prompts`'s default."""
         from bbucli.chat.prompts import Prompts, build_prompts
 
         saved = self.meta.get("prompts")
@@ -113,11 +126,15 @@ class Checkpoint:
         return build_prompts(self.class_descs(), **stated)
 
     def class_descs(self) -> list[str]:
-        """The class descs the model was trained on: those of the checkpoint's taxonomy.yaml (else
-        the config's `data.taxonomy`, else the built-in taxonomy) in the config's `data.lang`."""
+        """The class descs the model was trained on: `trained_with.classes`, the descs of its
+        training data. A checkpoint written before bbu kept them gives every desc of its
+        taxonomy.yaml (else the config's `data.taxonomy`, else the built-in taxonomy) in the
+        config's `data.lang`."""
         from bbucli.taxonomy import Taxonomy
 
         facts = self.trained_with
+        if facts.classes is not None:
+            return list(facts.classes)
         taxonomy_file: Path | None = self.path / TAXONOMY_FILE
         if not taxonomy_file.is_file():
             configured = facts.taxonomy
@@ -142,12 +159,17 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     prompts: Prompts | None = None,
     trained_with: TrainedWith | None = None,
+    teachers: Sequence[Sample] | None = None,
 ) -> Path:
     """Write `model` and `processor` as a checkpoint folder at `out_dir` (atomically, see the module
     doc) and return its path. extra: JSON-serialisable values kept in bbu.json (step, metrics, ...);
     prompts: the system prompt and instruction of training, so inference needs no rebuild;
-    trained_with: the training config's facts inference reads back (`Checkpoint.trained_with`).
-    Raises ModelError when `extra` is not JSON-serialisable or the folder cannot be written."""
+    trained_with: the training config's facts inference reads back (`Checkpoint.trained_with`);
+    teachers: the teachers inference prepends (`bbucli.teachers.inference_teachers`), image paths
+    absolute or relative to the working directory; their images are copied into teachers/ (an
+    empty sequence writes an empty teachers.jsonl: trained without teachers).
+    Raises ModelError when `extra` is not JSON-serialisable, a teacher image is missing or the
+    folder cannot be written."""
     from bbucli import __version__
 
     out = Path(out_dir)
@@ -172,6 +194,7 @@ def save_checkpoint(
             "head": HEAD_FILE,
             "config": CONFIG_FILE if config_yaml is not None else None,
             "taxonomy": TAXONOMY_FILE if taxonomy_yaml is not None else None,
+            "teachers": TEACHERS_FILE if teachers is not None else None,
         },
         "extra": dict(extra or {}),
     }
@@ -182,6 +205,12 @@ def save_checkpoint(
             f"checkpoint metadata is not JSON-serialisable: {exc}",
             hint="pass plain numbers, strings, lists and dicts in `extra`",
         ) from exc
+    missing = [s.image for s in teachers or () if not Path(s.image).is_file()]
+    if missing:
+        raise ModelError(
+            f"teacher image {missing[0]} does not exist: the checkpoint cannot carry it",
+            hint="keep the teacher pool's images where `bbu convert` wrote them (data.image_root)",
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -195,6 +224,8 @@ def save_checkpoint(
             _write_text(tmp / CONFIG_FILE, config_yaml)
         if taxonomy_yaml is not None:
             _write_text(tmp / TAXONOMY_FILE, taxonomy_yaml)
+        if teachers is not None:
+            _save_teachers(teachers, tmp / TEACHERS_DIR)
         _write_text(tmp / META_FILE, meta_text)  # last: its presence marks a complete folder
         _swap_in(tmp, out)
     except OSError as exc:
@@ -294,6 +325,41 @@ def _save_head(model: BBUModel, file: Path) -> None:
         k: v.detach().to("cpu").contiguous().clone() for k, v in model.head.state_dict().items()
     }
     save_file(state, str(file), metadata={"format": "pt"})
+
+
+def _save_teachers(teachers: Sequence[Sample], folder: Path) -> None:
+    """Copy each teacher's image into `folder/images/` (its own name; numbered when names repeat)
+    and write `folder/teachers.jsonl` naming them relative to `folder`."""
+    images = folder / TEACHER_IMAGES
+    images.mkdir(parents=True)
+    records = []
+    for i, sample in enumerate(teachers):
+        name = Path(sample.image).name
+        if (images / name).exists():
+            name = f"{i}_{name}"
+        shutil.copyfile(sample.image, images / name)
+        kept = Sample(images=(f"{TEACHER_IMAGES}/{name}",), objects=sample.objects)
+        records.append(Episode(student=kept, meta={"id": Path(sample.image).stem}))
+    write_jsonl_atomic(folder / Path(TEACHERS_FILE).name, records)
+
+
+def checkpoint_teachers(folder: str | Path) -> tuple[Sample, ...] | None:
+    """The teachers saved in checkpoint `folder` (teachers/teachers.jsonl), in prompt order, image
+    paths absolute; None for a checkpoint saved without them (written before bbu kept them).
+    Raises SchemaError for a damaged teachers.jsonl, ModelError for a missing image."""
+    file = Path(folder) / TEACHERS_FILE
+    if not file.is_file():
+        return None
+    samples = []
+    for episode in read_episodes(file):
+        image = (file.parent / episode.student.image).absolute()
+        if not image.is_file():
+            raise ModelError(
+                f"{file} names {episode.student.image}, which is not in {file.parent}",
+                hint=f"the checkpoint is incomplete; {RETRAIN_HINT}",
+            )
+        samples.append(Sample(images=(str(image),), objects=episode.student.objects))
+    return tuple(samples)
 
 
 def _write_text(file: Path, text: str) -> None:

@@ -25,8 +25,11 @@ QWEN_DIR = "qwen"
 PROCESSOR_DIR = "processor"
 CONFIG_FILE = "config.yaml"
 TAXONOMY_FILE = "taxonomy.yaml"
+TEACHERS_DIR = "teachers"
 #: What a checkpoint folder owns; anything else in a folder being replaced is carried over.
-OWNED = frozenset({META_FILE, HEAD_FILE, QWEN_DIR, PROCESSOR_DIR, CONFIG_FILE, TAXONOMY_FILE})
+OWNED = frozenset(
+    {META_FILE, HEAD_FILE, QWEN_DIR, PROCESSOR_DIR, CONFIG_FILE, TAXONOMY_FILE, TEACHERS_DIR}
+)
 REQUIRED = (META_FILE, HEAD_FILE, f"{QWEN_DIR}/config.json", PROCESSOR_DIR)
 RETRAIN_HINT = "save it again (`bbu train ... train.resume=true` writes a fresh checkpoint)"
 

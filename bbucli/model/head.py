@@ -122,8 +122,9 @@ class HeadOutput:
         (`token_logits`, `token_boxes`, `token_mask`) as one more auxiliary stage, like
         Deformable DETR's two-stage encoder output (without `token_boxes` its boxes are
         constants and only the objectness term trains). Without that loss the top-K choice
-        (images with Nv > max_queries) stays random, and DDP must run with
-        `find_unused_parameters`.
+        (images with Nv > max_queries) stays random, and its scorer gets no gradient
+        (`bbucli.train.build` freezes such idle parameters, so DDP needs no
+        `find_unused_parameters`).
     token_boxes: (B, Nv, 4) normalised cxcywh: each token's cell (one cell wide), or with
         `HeadConfig.token_boxes` each token's predicted box (trainable).
     token_mask: (B, Nv) bool, the vision mask given.

@@ -6,6 +6,11 @@ A checkpoint written before bbu.json had it gives the one read from its config.y
 section (same key names). A value a config did not state stays None, and the reader then uses its
 own default (`build_prompts`'s language, `Taxonomy.descs`'s, no token budget, every teacher):
 no default of the training config is restated here.
+
+`classes` is not a config value but what the data held: the descs of the training episodes and
+the teacher pool (`bbucli.chat.prompts.trained_classes`), the list the training system prompt
+named and the classes the head may label a box with. A checkpoint without it (written before it
+existed) falls back to its taxonomy's descs.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ class TrainedWith:
 
     lang: prompt and desc language; prompt_classes: whether the system prompt listed the classes;
     max_tokens: token budget per episode (> 0); num_teachers: teachers per student, K;
-    taxonomy: the configured taxonomy YAML (None: the built-in one); val: the validation JSONL.
+    taxonomy: the configured taxonomy YAML (None: the built-in one); val: the validation JSONL;
+    classes: the descs of the training data, sorted (module doc; None: not recorded).
     """
 
     lang: Lang | None = None
@@ -33,6 +39,7 @@ class TrainedWith:
     num_teachers: int | None = None
     taxonomy: Path | None = None
     val: Path | None = None
+    classes: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: paths as strings."""
@@ -43,6 +50,7 @@ class TrainedWith:
             "num_teachers": self.num_teachers,
             "taxonomy": None if self.taxonomy is None else str(self.taxonomy),
             "val": None if self.val is None else str(self.val),
+            "classes": None if self.classes is None else list(self.classes),
         }
 
     @classmethod
@@ -59,6 +67,7 @@ class TrainedWith:
             num_teachers=_count(raw.get("num_teachers"), minimum=0),
             taxonomy=_path(raw.get("taxonomy")),
             val=_path(raw.get("val")),
+            classes=_descs(raw.get("classes")),
         )
 
 
@@ -69,3 +78,8 @@ def _count(value: Any, minimum: int) -> int | None:
 
 def _path(value: Any) -> Path | None:
     return Path(value) if isinstance(value, str) and value else None
+
+
+def _descs(value: Any) -> tuple[str, ...] | None:
+    ok = isinstance(value, list | tuple) and all(isinstance(d, str) and d for d in value)
+    return tuple(value) if ok and value else None

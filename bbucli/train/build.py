@@ -1,6 +1,7 @@
 """Everything a run builds before training, one named step each, in the order `build_run` calls
-them: the conversation (processor, taxonomy, prompts), the datasets, the caption vocabulary, the
-model, the loss, the `TrainingArguments` and the `BBUTrainer`.
+them: the conversation (processor, taxonomy, the data's classes, prompts), the datasets, the
+caption vocabulary, the model, the loss (freezing the parameters it never reaches), the
+`TrainingArguments` and the `BBUTrainer`.
 
 The order is part of the behaviour: `set_seed(model.seed)` comes first, then the steps draw from
 the random generators as listed (the model's weights follow `model.seed` on their own), so a run
@@ -10,11 +11,12 @@ and its resumed copy build the same thing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bbucli.data.dataset import EpisodeDataset
+from bbucli.schema import Sample
 from bbucli.train.config.loading import GROUPS, BbuConfig, describe_config
 from bbucli.train.trainer import TrainProgress
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from bbucli.model.bbu_model import BBUModel
     from bbucli.model.caption_vocab import CaptionVocab
     from bbucli.model.trained_with import TrainedWith
+    from bbucli.schema import Episode
     from bbucli.train.trainer import BBUTrainer
 
 METRICS_FILE = "metrics.jsonl"
@@ -37,8 +40,10 @@ _FIXED_ARGUMENTS = {
     "remove_unused_columns": False,  # batches are dicts bbu builds, not HF datasets columns
     "label_names": ["labels"],
     "prediction_loss_only": True,
+    # The caption loss runs head parameters outside forward, which DDP's unused-parameter search
+    # would mark ready twice; parameters no loss term reaches are frozen instead (`freeze_idle`).
+    "ddp_find_unused_parameters": False,
     "disable_tqdm": True,  # progress goes through `progress`; the library never prints
-    "ddp_find_unused_parameters": False,  # the loss uses head parameters outside forward
     "save_safetensors": True,
 }
 
@@ -46,22 +51,23 @@ _FIXED_ARGUMENTS = {
 @dataclass(frozen=True)
 class Conversation:
     """How episodes become model inputs: the processor (pixel limits of `model`), the chat
-    processor with the run's prompts, and the taxonomy YAML text the prompts come from."""
+    processor with the run's prompts, the taxonomy YAML text, and the classes: the descs of the
+    train episodes and the teacher pool (`trained_classes`), which the system prompt lists, the
+    caption vocabulary spells and the checkpoint keeps as the head's candidates."""
 
     processor: VLProcessor
     chat: ChatProcessor
     prompts: Prompts
     taxonomy_yaml: str
+    classes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Datasets:
-    """The train and val datasets, and every desc of the train episodes and the teacher pool
-    (sorted; the caption vocabulary is built from them)."""
+    """The train and val datasets."""
 
     train: EpisodeDataset
     val: EpisodeDataset | None
-    descs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -80,18 +86,20 @@ def build_run(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) 
     set_seed(cfg.model.seed)
     conversation = build_conversation(cfg)
     datasets = load_datasets(cfg, conversation.chat)
-    vocab = build_vocabulary(cfg, conversation.processor, datasets.descs)
+    vocab = build_vocabulary(cfg, conversation.processor, conversation.classes)
     lrs = learning_rates(cfg)
     model = build_model(cfg, vocab, lrs)
     loss = build_loss(cfg, conversation.processor, vocab)
+    freeze_idle(model, loss)
     args = training_arguments(cfg)
     trainer = build_trainer(cfg, model, loss, lrs, args, conversation, datasets, progress)
     return RunParts(trainer, conversation, datasets)
 
 
 def build_conversation(cfg: BbuConfig) -> Conversation:
-    """The processor, the taxonomy (`data.taxonomy` or the built-in one) and the prompts in
-    `data.lang`, and the chat processor that renders episodes within `data.max_tokens`."""
+    """The processor, the taxonomy text (`data.taxonomy` or the built-in one), the classes of
+    the training data and the prompts listing them in `data.lang`, and the chat processor that
+    renders episodes within `data.max_tokens`."""
     from bbucli.chat.loading import load_processor
     from bbucli.chat.processor import ChatProcessor
     from bbucli.chat.prompts import build_prompts
@@ -100,9 +108,10 @@ def build_conversation(cfg: BbuConfig) -> Conversation:
     model, data = cfg.model, cfg.data
     processor = load_processor(model.path, min_pixels=model.min_pixels, max_pixels=model.max_pixels)
     taxonomy_file = data.taxonomy or default_path()
-    taxonomy = Taxonomy.load(taxonomy_file)
+    Taxonomy.load(taxonomy_file)  # a broken taxonomy fails here, before the model loads
     taxonomy_yaml = Path(taxonomy_file).read_text(encoding="utf-8")
-    prompts = build_prompts(taxonomy.descs(data.lang), data.lang, list_classes=data.prompt_classes)
+    classes = training_classes(cfg)
+    prompts = build_prompts(classes, data.lang, list_classes=data.prompt_classes)
     chat = ChatProcessor(
         processor,
         system_prompt=prompts.system,
@@ -111,7 +120,28 @@ def build_conversation(cfg: BbuConfig) -> Conversation:
         min_pixels=model.min_pixels,
         max_pixels=model.max_pixels,
     )
-    return Conversation(processor, chat, prompts, taxonomy_yaml)
+    return Conversation(processor, chat, prompts, taxonomy_yaml, classes)
+
+
+def training_classes(cfg: BbuConfig) -> tuple[str, ...]:
+    """The descs of the `data.train` episodes and the `data.teachers` pool (`trained_classes`);
+    DataError when they hold no object at all (nothing to detect)."""
+    from bbucli.chat.prompts import trained_classes
+    from bbucli.errors import DataError
+    from bbucli.schema import read_episodes
+
+    data = cfg.data
+    episodes = _episodes(data.train, "data.train", "regenerate it with `bbu convert`")
+    samples = [s for e in episodes for s in e.samples]
+    if data.teachers:
+        samples += [e.student for e in read_episodes(data.teachers)]
+    classes = trained_classes(samples)
+    if not classes:
+        raise DataError(
+            f"{data.train}: no annotated object in the training data or the teacher pool",
+            hint="check the bbu convert report: every label may have been dropped as unknown",
+        )
+    return classes
 
 
 def load_datasets(cfg: BbuConfig, chat: ChatProcessor) -> Datasets:
@@ -120,7 +150,7 @@ def load_datasets(cfg: BbuConfig, chat: ChatProcessor) -> Datasets:
     from bbucli.schema import read_episodes
 
     data = cfg.data
-    episodes = read_episodes(data.train)
+    episodes = _episodes(data.train, "data.train", "regenerate it with `bbu convert`")
     pool = [e.student for e in read_episodes(data.teachers)] if data.teachers else []
     train = EpisodeDataset(
         episodes,
@@ -134,16 +164,30 @@ def load_datasets(cfg: BbuConfig, chat: ChatProcessor) -> Datasets:
     )
     val = None
     if data.val is not None:
+        hint = (
+            "convert with a larger --val-ratio (small sets round it down to no image), or set "
+            "data.val=null to train without evaluation"
+        )
         val = EpisodeDataset(
-            read_episodes(data.val),
+            _episodes(data.val, "data.val", hint),
             chat,
             data.image_root,
             num_teachers=data.num_teachers,
             name="val",
         )
-    descs = {o.desc for e in episodes for s in e.samples for o in s.objects}
-    descs |= {o.desc for s in pool for o in s.objects}
-    return Datasets(train, val, tuple(sorted(descs)))
+    return Datasets(train, val)
+
+
+def _episodes(path: Path, key: str, hint: str) -> list[Episode]:
+    """The episodes of `path`; DataError when it holds none (else the budget check would blame
+    data.max_tokens for an empty file)."""
+    from bbucli.errors import DataError
+    from bbucli.schema import read_episodes
+
+    episodes = read_episodes(path)
+    if not episodes:
+        raise DataError(f"{key} {path} holds no episodes", hint=hint)
+    return episodes
 
 
 def build_vocabulary(
@@ -173,9 +217,11 @@ def build_model(cfg: BbuConfig, vocab: CaptionVocab | None, lrs: dict[str, float
     from bbucli.model.param_groups import build_param_groups
 
     model = cfg.model
+    # Half weights without DeepSpeed load fp32 and train under autocast (`BbuConfig.autocast`).
+    fp32_master = cfg.autocast(torch.cuda.is_available()) is not None
     qwen = load_model(
         model.path,
-        dtype=None if model.dtype == "auto" else model.dtype,
+        dtype="fp32" if fp32_master else None if model.dtype == "auto" else model.dtype,
         attn_implementation=None if model.attn == "auto" else model.attn,
         seed=model.seed,
     )
@@ -223,14 +269,31 @@ def build_loss(cfg: BbuConfig, processor: VLProcessor, vocab: CaptionVocab | Non
     )
 
 
+def freeze_idle(model: BBUModel, loss: MultiTaskLoss) -> list[str]:
+    """Freeze the parameters the loss never sends a gradient to (`MultiTaskLoss.idle_parameters`:
+    a term weighted 0, `loss.token_aux` off, ...) and return their names. AdamW leaves them
+    unchanged anyway, but DDP expects a gradient for every trainable parameter: without this the
+    second step fails on several devices."""
+    idle = set(loss.idle_parameters(model))
+    for name, param in model.named_parameters():
+        if name in idle:
+            param.requires_grad_(False)
+    return sorted(idle)
+
+
 def training_arguments(cfg: BbuConfig) -> TrainingArguments:
-    """`TrainingArguments` of the config, plus what bbu always sets (`_FIXED_ARGUMENTS`)."""
+    """`TrainingArguments` of the config, plus what bbu always sets (`_FIXED_ARGUMENTS`) and the
+    autocast of half weights kept fp32 (`BbuConfig.autocast`), unless the train section sets
+    them."""
     import torch
     from transformers import TrainingArguments
 
     from bbucli.train.config.passthrough import training_argument_fields
 
     kwargs = cfg.training_arguments()
+    autocast = cfg.autocast(torch.cuda.is_available())
+    if autocast is not None:
+        kwargs.setdefault(autocast, True)
     if not torch.cuda.is_available():
         # accelerate only sets up a CPU process group (gloo) with use_cpu: without it, every rank
         # a launcher starts on a machine without GPUs believes it is alone (world size 1).
@@ -242,8 +305,9 @@ def training_arguments(cfg: BbuConfig) -> TrainingArguments:
     return TrainingArguments(**kwargs)
 
 
-def trained_with(cfg: BbuConfig) -> TrainedWith:
-    """What every checkpoint of the run records of its config for inference."""
+def trained_with(cfg: BbuConfig, classes: tuple[str, ...]) -> TrainedWith:
+    """What every checkpoint of the run records of its config, and its data's `classes`, for
+    inference."""
     from bbucli.model.trained_with import TrainedWith
 
     data = cfg.data
@@ -254,6 +318,7 @@ def trained_with(cfg: BbuConfig) -> TrainedWith:
         num_teachers=data.num_teachers,
         taxonomy=data.taxonomy,
         val=data.val,
+        classes=classes,
     )
 
 
@@ -268,8 +333,8 @@ def build_trainer(
     progress: Callable[[TrainProgress], None] | None,
 ) -> BBUTrainer:
     """The `BBUTrainer`: batching of the `data` section, checkpoints in the bbu layout (with the
-    resolved config, taxonomy, prompts and `TrainedWith`), metrics.jsonl, and `progress` in place
-    of the Trainer's own printing."""
+    resolved config, taxonomy, prompts, `TrainedWith` and the inference teachers), metrics.jsonl,
+    and `progress` in place of the Trainer's own printing."""
     from transformers import PrinterCallback, ProgressCallback
 
     from bbucli.data.collators import PackedDataCollator, StandardDataCollator
@@ -278,7 +343,8 @@ def build_trainer(
 
     data, processor = cfg.data, conversation.processor
     config_yaml = describe_config(cfg)
-    facts = trained_with(cfg)
+    facts = trained_with(cfg, conversation.classes)
+    teachers = checkpoint_teachers(datasets.train, data.num_teachers)
 
     def save_fn(folder: Path, bbu: BBUModel, extra: dict[str, Any]) -> None:
         save_checkpoint(
@@ -290,6 +356,7 @@ def build_trainer(
             extra=extra,
             prompts=conversation.prompts,
             trained_with=facts,
+            teachers=teachers,
         )
 
     collator = PackedDataCollator() if data.packing else StandardDataCollator(_pad_id(processor))
@@ -315,6 +382,17 @@ def build_trainer(
     for default in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(default)
     return trainer
+
+
+def checkpoint_teachers(train: EpisodeDataset, k: int) -> tuple[Sample, ...]:
+    """The `k` teachers every checkpoint carries for inference: `inference_teachers` of the
+    teacher pool (`data.teachers`; without one, the teachers the train episodes name), image
+    paths resolved against the dataset's image root."""
+    from bbucli.teachers import inference_teachers
+
+    pool = train.teacher_pool or tuple(t for e in train.episodes for t in e.teachers)
+    chosen = inference_teachers(pool, k)
+    return tuple(replace(t, images=(str(train.image_root / t.image),)) for t in chosen)
 
 
 def _pad_id(processor: VLProcessor) -> int:

@@ -1,9 +1,10 @@
 """`run_training(cfg)`: everything `bbu train` does, from a validated config to checkpoints.
 
-Builds, in order: the processor (pixel limits of `model`), the taxonomy and prompts, the datasets
-(`data`), the caption vocabulary (descs of the train episodes and the teacher pool), the model
-(tiny or a local Qwen2.5-VL folder; fp32 on CPU, bf16 + flash-attention-2 on a GPU when
-configured or by "auto"), the multi-task loss and a `BBUTrainer`, then trains.
+Builds, in order: the processor (pixel limits of `model`), the taxonomy, the classes (the descs of
+the train episodes and the teacher pool) and the prompts listing them, the datasets (`data`), the
+caption vocabulary (of those classes), the model (tiny or a local Qwen2.5-VL folder; fp32 on
+CPU, bf16 + flash-attention-2 on a GPU when configured or by "auto"), the multi-task loss and a
+`BBUTrainer`, then trains.
 
 The run folder (`train.output_dir`):
 
@@ -46,6 +47,7 @@ from typing import Any
 
 from bbucli.data.dataset import DatasetStats
 from bbucli.errors import ConfigError
+from bbucli.evaluation.output_paths import writable_dir
 from bbucli.train.build import METRICS_FILE, RunParts, build_run
 from bbucli.train.config.loading import BbuConfig, describe_config
 from bbucli.train.dry_run import DryRunReport, GroupRow, dry_run_batch, remove_empty_tree
@@ -77,7 +79,9 @@ class TrainResult:
     step when resuming); last_logs: the last training log;
     best_checkpoint / best_metric: by train.metric_for_best_model (None without evaluation);
     final_checkpoint: output_dir/final; resumed_from: the checkpoint resumed, if any;
-    train / val: dataset counts of the first epoch; dry_run: set (and nothing else run) for a dry run."""
+    train / val: dataset counts of the first epoch; unreadable: samples skipped because their
+    images could not be read (student image -> reason, this process's); dry_run: set (and nothing
+    else run) for a dry run."""
 
     output_dir: Path
     global_step: int = 0
@@ -95,6 +99,7 @@ class TrainResult:
     world_size: int = 1
     train: DatasetStats | None = None
     val: DatasetStats | None = None
+    unreadable: Mapping[str, str] = field(default_factory=dict)
     dry_run: DryRunReport | None = None
 
 
@@ -116,6 +121,8 @@ def run_training(
     resume = None if dry_run else resolve_resume(cfg)
     if resume is None and not dry_run:
         _refuse_used_output_dir(cfg)
+    if not dry_run:  # before the model is built: a read-only folder would fail only at the end
+        writable_dir(cfg.train.output_dir, "train.output_dir", create=False)
     existed = Path(cfg.train.output_dir).exists()
     parts = build_run(cfg, progress)
     if dry_run:
@@ -152,7 +159,8 @@ def resolve_resume(cfg: BbuConfig) -> Path | None:
     if cfg.deepspeed is not None and not has_engine:
         raise ConfigError(
             f"{folder} was written without DeepSpeed, but this run uses it",
-            hint="resume it with deepspeed=null, or start the DeepSpeed run fresh",
+            hint="resume it with deepspeed=null (bf16 weights then train as fp32 master weights "
+            "under bf16 autocast, as that run did), or start the DeepSpeed run fresh",
         )
     if cfg.deepspeed is None and not (folder / RESUME_WEIGHTS).is_file():
         raise ConfigError(
@@ -258,6 +266,7 @@ def _train(cfg: BbuConfig, parts: RunParts, resume: Path | None) -> TrainResult:
         world_size=trainer.args.world_size,
         train=datasets.train.stats,
         val=datasets.val.stats if datasets.val else None,
+        unreadable=dict(trainer.unreadable),
     )
 
 

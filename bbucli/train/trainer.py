@@ -4,7 +4,10 @@ Only documented hooks are overridden:
 - `compute_loss`: `BBUModel` forward + `MultiTaskLoss`; a NaN or inf loss (or non-finite
   predictions, which the matcher meets first) raises `TrainingDiverged` naming the step (a
   non-finite loss on every rank together), so the run stops before the optimizer sees it and the
-  last checkpoint stays the last good one. Nothing is replaced by a constant.
+  last checkpoint stays the last good one. Nothing is replaced by a constant. It also counts the
+  samples the batch left out because their images could not be read (`batch["unreadable"]`,
+  from `SkipUnreadable`) in `unreadable`; past `unreadable_limit` of the train split the run
+  stops with a DataError, on every rank together.
 - `create_optimizer`: the five parameter groups of `build_param_groups`, each with its own learning
   rate (`optim.lrs`; 0 freezes a group), in the optimizer class `train.optim` names.
 - `get_train_dataloader` / `get_eval_dataloader`: token-budget bins (packed rows) or fixed-size
@@ -36,8 +39,14 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer
 
-from bbucli.data.dataset import EpisodeDataset, EpochBatches, EpochDataLoader
-from bbucli.errors import BbuError, ConfigError
+from bbucli.data.dataset import (
+    EpisodeDataset,
+    EpochBatches,
+    EpochDataLoader,
+    SkipUnreadable,
+    unreadable_limit,
+)
+from bbucli.errors import BbuError, ConfigError, DataError
 from bbucli.loss.matcher import MatchingError
 from bbucli.loss.multitask import LossBreakdown, MultiTaskLoss
 from bbucli.model.bbu_model import BBUModel
@@ -174,6 +183,8 @@ class BBUTrainer(Trainer):
         self._train_meter = _Meter()
         self._eval_meter = _Meter()
         self._step_lrs: dict[str, float] = {}
+        #: Samples skipped because their images could not be read: student image -> reason.
+        self.unreadable: dict[str, str] = {}
 
     # ---- the loss ------------------------------------------------------------------------------
 
@@ -186,6 +197,7 @@ class BBUTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         """`model` may be wrapped (DDP, DeepSpeed engine); the loss reads the BBUModel itself."""
         started = time.perf_counter()
+        self.unreadable.update(inputs.pop("unreadable", ()))
         output = model(inputs)
         training = self.model.training
         # Steps are counted from 1, as logged: the one being computed while training.
@@ -215,10 +227,14 @@ class BBUTrainer(Trainer):
         its loss could not be computed: `problem`)."""
         device = self.args.device
         own_bad = problem is not None or not bool(torch.isfinite(breakdown.total.detach()))
-        bad = torch.tensor([float(own_bad)], device=device)
+        limit = unreadable_limit(len(self.train_dataset))
+        own_unreadable = len(self.unreadable) > limit
+        bad = torch.tensor([float(own_bad), float(own_unreadable)], device=device)
         if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if not bool(bad.item()):
+        if bool(bad[1].item()):
+            self._too_many_unreadable(limit, own_unreadable)
+        if not bool(bad[0].item()):
             return
         if problem is not None:
             what = problem
@@ -230,6 +246,17 @@ class BBUTrainer(Trainer):
         else:
             what = "another rank's loss is not finite"
         self._diverged(self.state.global_step + 1, what)
+
+    def _too_many_unreadable(self, limit: int, own: bool) -> None:
+        shown = "; ".join(list(self.unreadable.values())[:3])
+        what = f"{len(self.unreadable)} samples" if own else "another rank's samples"
+        raise DataError(
+            f"training stopped at step {self.state.global_step + 1}: {what} skipped because their "
+            f"images cannot be read, more than the {limit} tolerated (max(10, 1% of "
+            f"{len(self.train_dataset)})): {shown}",
+            hint="`bbu inspect FILE --verify-images` lists them by line; re-export or remove "
+            "them, then resume with `--resume CHECKPOINT`",
+        )
 
     def _diverged(self, step: int, what: str) -> None:
         last = latest_checkpoint(self.args.output_dir)
@@ -290,7 +317,7 @@ class BBUTrainer(Trainer):
         return EpochDataLoader(
             dataset,
             batch_sampler=batches,
-            collate_fn=self.data_collator,
+            collate_fn=SkipUnreadable(self.data_collator, dataset),
             num_workers=workers,
             pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
             persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
@@ -356,6 +383,8 @@ class BBUTrainer(Trainer):
         if "loss" in logs:
             logs.update(self._train_meter.flush(world_size=self.args.world_size))
             logs.update(self._step_lrs or self.group_learning_rates())
+            if self.unreadable:
+                logs["unreadable_samples"] = len(self.unreadable)
         elif "eval_loss" in logs:
             logs.update(self._eval_meter.flush(prefix="eval_", throughput=False))
             self._train_meter.since = time.perf_counter()  # tokens/s counts training time only

@@ -163,6 +163,8 @@ def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     from bbucli.model.bbu_model import BBUModel
     from bbucli.model.checkpoint import save_checkpoint
     from bbucli.model.loading import load_model
+    from bbucli.schema import Sample, read_episodes
+    from bbucli.teachers import inference_teachers
 
     raw = tmp_path_factory.mktemp("raw")
     for stem in STEMS:
@@ -177,7 +179,10 @@ def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     model = BBUModel.from_qwen(load_model("tiny"), caption_vocab=vocab, width=64, layers=1, heads=4, ffn=128, caption_max_len=6)
     config = f"data:\n  train: {train}\n  val: {val}\n  lang: zh\n  num_teachers: 1\n"
     prompts = Prompts(system="Find every object.", instruction="Detect.")
-    path = save_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint-1", model, processor, config_yaml=config, prompts=prompts)
+    # The inference teachers a training run on this split saves: one of the pool.
+    pool = [e.student for e in read_episodes(train.with_name("bbu.teachers.jsonl"))]
+    teachers = [Sample((str(train.parent / t.image),), t.objects) for t in inference_teachers(pool, 1)]
+    path = save_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint-1", model, processor, config_yaml=config, prompts=prompts, teachers=teachers)
     return path, val
 
 

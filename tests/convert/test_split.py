@@ -1,4 +1,5 @@
-"""Teacher pool, train/val split and teacher assignment: invariants, coverage, determinism."""
+"""Teacher pool, train/val split and the teachers convert writes: invariants, coverage,
+determinism, and students' teachers drawn without their labels."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bbucli.convert.split import (
-    ImageSummary,
-    assign_teachers,
-    select_teacher_pool,
-    split_train_val,
-)
+from bbucli.convert.pipeline import ConvertOptions, convert_dataset
+from bbucli.convert.split import ImageSummary, select_teacher_pool, split_train_val
+from bbucli.schema import read_episodes
+from bbucli.teachers import draw_teachers
 
 CLASSES = [f"type{i}/prop/state" for i in range(8)]
 
@@ -37,11 +36,10 @@ def image(id_: str, *descs: str, area: float = 0.01) -> ImageSummary:
     images=summaries(),
     pool_size=st.integers(0, 50),
     val_ratio=st.floats(0.0, 0.9),
-    k=st.integers(0, 6),
     seed=st.integers(0, 2**32),
 )
-def test_every_image_in_exactly_one_place_and_teachers_never_students(
-    images: list[ImageSummary], pool_size: int, val_ratio: float, k: int, seed: int
+def test_every_image_in_exactly_one_place(
+    images: list[ImageSummary], pool_size: int, val_ratio: float, seed: int
 ) -> None:
     all_ids = {im.id for im in images}
     pool = select_teacher_pool(images, pool_size, seed)
@@ -52,12 +50,6 @@ def test_every_image_in_exactly_one_place_and_teachers_never_students(
     assert set(pool) | set(train) | set(val) == all_ids
     if val_ratio > 0 and len(rest) >= 2:
         assert 1 <= len(val) <= len(rest) - 1
-    by_id = {im.id: im for im in images}
-    pool_images = [by_id[i] for i in pool]
-    for student_id in train + val:
-        teachers = assign_teachers(by_id[student_id], pool_images, k, seed)
-        assert len(teachers) == len(set(teachers)) == min(k, len(pool))
-        assert set(teachers) <= set(pool) and student_id not in teachers
 
 
 @settings(max_examples=150, deadline=None)
@@ -70,24 +62,6 @@ def test_pool_covers_every_class_when_it_has_room(
     assert {d for im in images if im.id in pool for d in im.descs} == classes
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    images=summaries(),
-    student=st.lists(st.sampled_from(CLASSES), max_size=6),
-    k=st.integers(0, 8),
-    seed=st.integers(0, 2**32),
-)
-def test_teachers_cover_the_students_classes_when_the_pool_can(
-    images: list[ImageSummary], student: list[str], k: int, seed: int
-) -> None:
-    me = image("student", *student)
-    coverable = set(student) & {d for im in images for d in im.descs}
-    teachers = set(assign_teachers(me, images, k, seed))
-    covered = {d for im in images if im.id in teachers for d in im.descs}
-    if k >= len(coverable):  # each greedy pick covers at least one new class
-        assert coverable <= covered
-
-
 @settings(max_examples=60, deadline=None)
 @given(images=summaries(), seed=st.integers(0, 2**32), data=st.data())
 def test_results_depend_on_the_arguments_not_on_input_order(
@@ -97,10 +71,6 @@ def test_results_depend_on_the_arguments_not_on_input_order(
     assert select_teacher_pool(images, 5, seed) == select_teacher_pool(shuffled, 5, seed)
     ids = [im.id for im in images]
     assert split_train_val(ids, 0.2, seed) == split_train_val(reversed(ids), 0.2, seed)
-    if images:
-        assert assign_teachers(images[0], images, 3, seed) == assign_teachers(
-            images[0], shuffled, 3, seed
-        )
 
 
 def test_rare_class_enters_the_pool_first() -> None:
@@ -124,29 +94,6 @@ def test_pool_then_fills_count_and_size_buckets_before_random() -> None:
     assert {"crowded", "large"} <= set(pool)
 
 
-def test_assignment_prefers_the_students_classes_then_its_buckets() -> None:
-    pool = [
-        image("a", CLASSES[0]),
-        image("b", CLASSES[1]),
-        image("ab", CLASSES[0], CLASSES[1]),
-        image("c-large", CLASSES[2], area=0.5),
-        image("c-tiny", CLASSES[2], area=0.0001),
-    ]
-    assert assign_teachers(image("s", CLASSES[0], CLASSES[1]), pool, 1, seed=3) == ["ab"]
-    # Both cover the class; the one that also shares the student's box size wins the tie.
-    for seed in range(5):
-        assert assign_teachers(image("s", CLASSES[2], area=0.4), pool, 1, seed) == ["c-large"]
-        assert assign_teachers(image("s", CLASSES[2], area=0.0), pool, 1, seed) == ["c-tiny"]
-
-
-def test_assignment_matches_the_students_size_bucket() -> None:
-    pool = [image("big", CLASSES[5], area=0.5), image("tiny", CLASSES[5], area=0.0001)]
-    pool += [image(f"x{i}", CLASSES[6], area=0.5) for i in range(5)]
-    student = image("s", CLASSES[6], CLASSES[5], area=0.0001)
-    teachers = assign_teachers(student, pool, 2, seed=0)
-    assert "tiny" in teachers
-
-
 def test_edge_cases() -> None:
     images = [image(f"i{n}", CLASSES[n % 3]) for n in range(4)]
     assert sorted(select_teacher_pool(images, 10, seed=0)) == ["i0", "i1", "i2", "i3"]
@@ -157,9 +104,6 @@ def test_edge_cases() -> None:
     assert split_train_val(["a", "b"], 0.01, seed=0)[1] != []  # rounds to 0, clamped to 1
     assert split_train_val(["a", "b", "c"], 0.0, seed=0) == (["a", "b", "c"], [])
     assert len(split_train_val([str(i) for i in range(10)], 0.25, seed=0)[1]) == 3  # 2.5 -> 3
-    assert len(assign_teachers(images[0], images, 10, seed=0)) == 3  # k > pool, minus itself
-    assert assign_teachers(images[0], [images[0]], 2, seed=0) == []
-    assert assign_teachers(images[0], images, 0, seed=0) == []
     with pytest.raises(ValueError, match="val_ratio"):
         split_train_val(["a"], 1.0, seed=0)
     with pytest.raises(ValueError, match="duplicate"):
@@ -178,3 +122,23 @@ def test_ids_that_are_not_utf8_text_still_hash():
     odd = "\udcb2\udce2"  # a surrogate-escaped file name that is not UTF-8
     train, val = split_train_val([odd, "a", "b"], 0.34, seed=0)
     assert sorted(train + val) == sorted([odd, "a", "b"]) and len(val) == 1
+
+
+def test_convert_draws_each_students_teachers_without_its_labels(rawset, tmp_path):
+    """Every written episode's teachers are `draw_teachers` of the student's id over the pool;
+    with one pool image per class, the student's own class is shown about one time in four
+    (choosing by the student's labels, as bbu did before, showed it every time)."""
+    labels = [f"cls{i}/x/y" for i in range(4)]
+    for n in range(24):
+        rawset.vendor(f"img{n:02d}", objects=[((20, 30, 60, 80), labels[n % 4])])
+    out = tmp_path / "d.jsonl"
+    options = ConvertOptions(teachers=1, pool=4, val_ratio=0.5, unknown="keep", seed=3)
+    report = convert_dataset(rawset.root, out, options)
+    assert {labels[int(t[3:]) % 4] for t in report.teacher_pool} == set(labels)  # one per class
+    episodes = read_episodes(out) + read_episodes(out.with_name("d.val.jsonl"))
+    hits = 0
+    for episode in episodes:
+        drawn = draw_teachers(episode.meta["id"], report.teacher_pool, 1, seed=3)
+        assert [t.image for t in episode.teachers] == [f"images/{t}.jpeg" for t in drawn]
+        hits += episode.teachers[0].objects[0].desc == episode.student.objects[0].desc
+    assert len(episodes) == 20 and hits < len(episodes) / 2

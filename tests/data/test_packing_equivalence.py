@@ -4,7 +4,8 @@ A packed row must give every sample the logits and per-token losses it gets when
 mixes samples with 0, 1 and 2 images. The leak tests change one sample and watch the next; they
 also show that the naive form, (3, 1, L) mRoPE ids without the text row, and a forward with a KV
 cache both let attention cross samples, so these tests would notice a transformers change that
-silently stops isolating packed samples.
+silently stops isolating packed samples. Every test runs once more on a model whose text config
+has `use_cache` on, as the published Qwen2.5-VL configs do (the tiny one has it off).
 """
 
 from __future__ import annotations
@@ -62,10 +63,18 @@ def samples(processor, tmp_path_factory) -> list[ChatProcessorOutput]:
     return [one, text_only_sample(processor), two]
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+@pytest.fixture(
+    scope="module",
+    params=[("sdpa", False), ("eager", False), ("sdpa", True)],
+    ids=["sdpa", "eager", "sdpa-use_cache"],
+)
 def model(request):
-    model = load_model("tiny", seed=0, attn_implementation=request.param).eval()
-    assert model.config.text_config._attn_implementation == request.param
+    """The tiny model (its text config has use_cache off), and once with use_cache on as in the
+    published Qwen2.5-VL configs: packing must not depend on the checkpoint's flag."""
+    attn, use_cache = request.param
+    model = load_model("tiny", seed=0, attn_implementation=attn).eval()
+    model.config.text_config.use_cache = use_cache
+    assert model.config.text_config._attn_implementation == attn
     return model
 
 
@@ -188,3 +197,20 @@ def test_naive_packing_leaks(model, packed, changed) -> None:
     cached = forward_packed(model, batch, use_cache=True)
     cached_changed = forward_packed(model, changed, use_cache=True)
     assert (cached[first:] - cached_changed[first:]).abs().max() > 1e-2
+
+
+def test_a_config_with_use_cache_leaks_unless_the_batch_turns_it_off(
+    model, packed, changed
+) -> None:
+    """The collator's `use_cache: False` is what isolates the samples under a config with the
+    cache on (the published one): left to the config default, the same forward leaks."""
+    batch, base, _ = packed
+    first = int(batch["cu_seqlens"][1])
+    assert batch["use_cache"] is False and changed["use_cache"] is False
+    default = forward_packed(model, batch, use_cache=None)
+    default_changed = forward_packed(model, changed, use_cache=None)
+    spread = float((default[first:] - default_changed[first:]).abs().max())
+    if model.config.text_config.use_cache:
+        assert spread > 1e-2
+    else:
+        assert spread <= 1e-5 and (default - base).abs().max() <= 1e-5

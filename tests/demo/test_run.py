@@ -60,6 +60,34 @@ def test_demo_writes_every_artefact(demo):
     assert demo.eval_dir / "lm" / "predictions.jsonl" in {p for _, p in demo.look_next}
 
 
+@pytest.fixture(scope="module")
+def few_shot(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo") / "k1"
+    return run_demo(
+        out, max_steps=2, teachers=1, n_images=6, seed=0, image_size=(448, 616),
+        max_pixels=MAX_PIXELS, val_ratio=0.34, overrides=SHORT, lm_images=0,
+    )
+
+
+def test_demo_with_one_teacher_converts_trains_and_evaluates_with_it(few_shot):
+    episodes = [
+        json.loads(line)
+        for split in (few_shot.data, few_shot.data.with_name("bbu.val.jsonl"))
+        for line in split.read_text(encoding="utf-8").splitlines()
+    ]
+    assert episodes and all(len(episode["teachers"]) == 1 for episode in episodes)
+    resolved = (few_shot.run_dir / "config.yaml").read_text(encoding="utf-8")
+    assert "num_teachers: 1" in resolved and "teacher_resample: true" in resolved
+    # Every student was trained behind its teacher: the teacher's answer tokens have a loss.
+    assert few_shot.train.train.teachers_dropped == 0
+    assert few_shot.train.last_logs["teacher_lm"] > 0
+    # The evaluation prompted every val image with one teacher too.
+    run = json.loads((few_shot.eval_dir / "inference.json").read_text(encoding="utf-8"))
+    assert run["teachers"] == 1 and run["teachers_mean"] == 1
+    assert few_shot.teachers == 1 and json.loads((few_shot.out_dir / "demo.json").read_text())["teachers"] == 1
+
+
 def test_demo_metrics_are_numbers_and_loss_falls(demo):
     for value in (demo.ap50, demo.ap):
         assert isinstance(value, float) and math.isfinite(value) and 0 <= value <= 1
@@ -74,6 +102,8 @@ def test_demo_refuses_a_used_folder_and_two_lengths(tmp_path):
         run_demo(tmp_path / "old", max_steps=1)
     with pytest.raises(UsageError, match="not both"):
         run_demo(tmp_path / "new", max_steps=1, minutes=1)
+    with pytest.raises(UsageError, match="--teachers must be >= 0"):
+        run_demo(tmp_path / "new", max_steps=1, teachers=-1)
 
 
 def test_steps_for_budget():
@@ -84,7 +114,7 @@ def test_steps_for_budget():
 def test_cli_demo_help_and_error_line(tmp_path):
     runner = CliRunner()
     shown = runner.invoke(app, ["demo", "--help"])
-    assert shown.exit_code == 0 and "--minutes" in shown.output
+    assert shown.exit_code == 0 and "--minutes" in shown.output and "--teachers" in shown.output
     used = tmp_path / "used"
     used.mkdir()
     (used / "file").write_text("x")

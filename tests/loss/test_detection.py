@@ -120,6 +120,32 @@ def test_gradients_reach_boxes_and_logits_of_matched_queries():
         assert (out.boxes.grad.abs().sum(-1) > 0).sum(-1).tolist() == [3, 0, 5]
 
 
+def test_padding_queries_are_not_matched_and_not_scored():
+    """Image 0 has 3 real queries and 5 objects, padded to image 1's 8 queries: its padding
+    queries (confident ones, to be sure) get no target, no objectness loss and no gradient, and
+    the batch's losses are the sum of each image's losses alone."""
+    gen = torch.Generator().manual_seed(11)
+    logits = (torch.randn(2, 8, generator=gen) * 2).requires_grad_()
+    boxes = random_boxes(gen, 2, 8).requires_grad_()
+    targets = [DetTargets(random_boxes(gen, 5)), DetTargets(random_boxes(gen, 2))]
+    mask = torch.tensor([[True] * 3 + [False] * 5, [True] * 8])
+    with torch.no_grad():
+        logits[0, 3:] = 6.0  # not PAD_LOGIT: the mask alone must keep padding out
+    criterion = DetectionCriterion()
+    result = criterion([LayerOutput(logits, boxes)], targets, num_boxes=7.0, query_mask=mask)
+    src, _ = result.indices[-1][0]
+    assert src.tolist() == [0, 1, 2]
+    assert result.losses["objectness"].item() < 10
+    sum(result.losses.values()).backward()
+    assert logits.grad[0, 3:].abs().sum() == 0 and boxes.grad[0, 3:].abs().sum() == 0
+    alone = [
+        criterion([LayerOutput(logits[i : i + 1, :n], boxes[i : i + 1, :n])], [t], num_boxes=7.0)
+        for i, (n, t) in enumerate(zip((3, 8), targets, strict=True))
+    ]
+    for key, value in result.losses.items():
+        torch.testing.assert_close(value, alone[0].losses[key] + alone[1].losses[key])
+
+
 def test_losses_are_divided_by_num_boxes():
     outputs, targets = make_batch(5, [4, 2])
     criterion = DetectionCriterion()

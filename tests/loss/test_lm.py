@@ -209,10 +209,41 @@ def test_max_tokens_scores_a_reproducible_subset_with_an_unbiased_mean():
     one, again, other = draw(3), draw(3), draw(4)
     assert int(one.teacher_tokens + one.student_tokens) == 7
     assert one.mean.item() == again.mean.item() and one.mean.item() != other.mean.item()
-    estimate = sum(draw(seed).mean.item() for seed in range(400)) / 400
-    assert estimate == pytest.approx(full.mean.item(), rel=0.02)
+    draws = [draw(seed) for seed in range(400)]
+    for segment in ("teacher_lm", "student_lm"):
+        estimate = sum(getattr(d, segment).item() for d in draws) / len(draws)
+        assert estimate == pytest.approx(getattr(full, segment).item(), rel=0.02), segment
     one.mean.backward()
     assert int((hidden.grad.abs().sum(-1) > 0).sum()) == 7  # only the scored positions
+
+
+def test_max_tokens_draws_every_segment_so_small_budgets_stay_unbiased():
+    """A 2-token teacher answer next to a 36-token student one, 4 tokens a step: a uniform draw
+    over all positions leaves the teacher out of most steps, where its mean would count as 0.
+    Drawn per segment, both means stay unbiased, step by step the teacher is always scored."""
+    hidden, head, labels, segment = _synthetic_lm()
+    segment[:, 5:15] = 0  # the teacher answer shrinks to one token per row
+    segment[:, 5] = 1
+    labels[segment == 0] = -100
+    full = lm_losses(hidden, labels, segment, head)
+    assert int(full.teacher_tokens) == 2 and int(full.student_tokens) == 36
+    draws = [
+        lm_losses(
+            hidden,
+            labels,
+            segment,
+            head,
+            max_tokens=4,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        for seed in range(300)
+    ]
+    assert all(
+        int(d.teacher_tokens) >= 1 and int(d.teacher_tokens + d.student_tokens) == 4 for d in draws
+    )
+    for name in ("teacher_lm", "student_lm"):
+        estimate = sum(getattr(d, name).item() for d in draws) / len(draws)
+        assert estimate == pytest.approx(getattr(full, name).item(), rel=0.05), name
 
 
 def test_max_tokens_must_be_positive():

@@ -100,7 +100,9 @@ def test_batched_equals_per_image():
     logits, boxes, targets = random_case(1, len(sizes), 20, sizes)
     batched = HungarianMatcher()(logits, boxes, targets)
     for i, (src, tgt) in enumerate(batched):
-        alone_src, alone_tgt = HungarianMatcher()(logits[i : i + 1], boxes[i : i + 1], [targets[i]])[0]
+        alone_src, alone_tgt = HungarianMatcher()(
+            logits[i : i + 1], boxes[i : i + 1], [targets[i]]
+        )[0]
         assert torch.equal(src, alone_src) and torch.equal(tgt, alone_tgt)
         assert len(src) == sizes[i]
 
@@ -164,6 +166,34 @@ def test_non_finite_predictions_of_an_image_without_targets_are_not_a_matching_e
     assert len(HungarianMatcher()(logits, boxes, targets, step=1)[0][0]) == 2
 
 
+def test_padding_queries_are_never_matched():
+    """Image 0 has 3 real queries (not at the front, to check the index mapping) and 5 objects,
+    padded next to image 1's 8 queries: its padding is left out, even where it would match best,
+    and each image is matched as if it were alone."""
+    logits, boxes, targets = random_case(6, 2, 8, [5, 2])
+    real = torch.tensor([0, 2, 5])
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, real], mask[1] = True, True
+    boxes[0, 1] = targets[0][0]  # a padding query predicting an object exactly, sure of it
+    logits[0, 1] = 9.0
+    boxes[0, 7] = float("nan")  # padding predictions may be anything: not a MatchingError
+    matcher = HungarianMatcher()
+    layers = matcher.match_layers([(logits, boxes)] * 2, targets, query_mask=mask)
+    for pairs in layers:
+        src, tgt = pairs[0]
+        assert src.tolist() == real.tolist() and len(set(tgt.tolist())) == 3
+        alone_src, alone_tgt = matcher(logits[:1, real], boxes[:1, real], targets[:1])[0]
+        assert torch.equal(src, real[alone_src]) and torch.equal(tgt, alone_tgt)
+        assert [t.tolist() for t in pairs[1]] == [
+            t.tolist() for t in matcher(logits[1:], boxes[1:], targets[1:])[0]
+        ]
+    assert HungarianMatcher()(logits, boxes, targets, query_mask=mask)[0][0].tolist() == [0, 2, 5]
+    # A non-finite real query is still an error, named by its image.
+    boxes[1, 3] = float("nan")
+    with pytest.raises(MatchingError, match="image 1"):
+        matcher(logits, boxes, targets, query_mask=mask)
+
+
 def test_cost_matrix_equals_transformers_terms():
     """Oracle: Deformable-DETR's cost written with transformers' own GIoU and box conversion."""
     logits, boxes, targets = random_case(7, 1, 100, [50])
@@ -199,7 +229,9 @@ def test_assignment_cost_equals_transformers_deformable_detr_matcher():
     )
     ours = HungarianMatcher()(logits, boxes, targets)
     for i, ((src, tgt), (ref_src, ref_tgt)) in enumerate(zip(ours, theirs, strict=True)):
-        cost = HungarianMatcher(**WEIGHTS).cost(logits[i : i + 1], boxes[i : i + 1], targets[i][None])[0]
+        cost = HungarianMatcher(**WEIGHTS).cost(
+            logits[i : i + 1], boxes[i : i + 1], targets[i][None]
+        )[0]
         assert cost[src, tgt].sum().item() == pytest.approx(
             cost[ref_src, ref_tgt].sum().item(), abs=1e-4
         )
@@ -226,7 +258,9 @@ def test_center_prior_matches_a_target_to_the_queries_around_it():
     target = [torch.tensor([[0.8, 0.8, 0.1, 0.1]])]
     (free,) = HungarianMatcher(**WEIGHTS)(logits, boxes, target)
     assert free[0].tolist() == [0]
-    (prior,) = HungarianMatcher(cost_center=100.0, **WEIGHTS)(logits, boxes, target, anchors=anchors)
+    (prior,) = HungarianMatcher(cost_center=100.0, **WEIGHTS)(
+        logits, boxes, target, anchors=anchors
+    )
     assert prior[0].tolist() == [1]
     # It is a cost, not a rule: a target with no query around it still gets matched.
     far = [torch.tensor([[0.5, 0.05, 0.05, 0.05]])]

@@ -229,9 +229,11 @@ class _FixedLastLayer:
         self.calls = 0
         self.last_layer: list | None = None
 
-    def match_layers(self, layers, targets, *, step=None, anchors=None):
+    def match_layers(self, layers, targets, *, step=None, anchors=None, query_mask=None):
         self.calls += 1
-        result = self.real.match_layers(layers, targets, step=step, anchors=anchors)
+        result = self.real.match_layers(
+            layers, targets, step=step, anchors=anchors, query_mask=query_mask
+        )
         if len(layers) > 1:  # the decoder, not the token stage
             n = [len(t) for t in targets]
             result[-1] = [(torch.arange(k), torch.arange(k)) for k in n]
@@ -281,6 +283,91 @@ def test_every_parameter_gets_a_gradient(processor, vocab, samples) -> None:
         assert max(norms) > 0, group
 
 
+# model options -> {case: (LossWeights fields, MultiTaskLoss options)}: one forward per model.
+IDLE_CASES = {
+    "default head": {
+        "defaults": ({}, {}),
+        "objectness_weight 0": ({"objectness_weight": 0.0}, {}),
+        "token_aux off": ({}, {"token_aux": False}),
+        "caption_weight 0": ({"caption_weight": 0.0}, {}),
+        "box weights 0": ({"bbox_l1_weight": 0.0, "bbox_giou_weight": 0.0}, {}),
+        "LM only": (
+            {
+                "objectness_weight": 0.0,
+                "bbox_l1_weight": 0.0,
+                "bbox_giou_weight": 0.0,
+                "caption_weight": 0.0,
+            },
+            {},
+        ),
+    },
+    "token boxes": {
+        "defaults": ({}, {}),
+        "token_aux off": ({}, {"token_aux": False}),
+    },
+    "text layer 1": {
+        "defaults": ({}, {}),
+        "no LM term": ({"teacher_weight": 0.0, "student_weight": 0.0}, {}),
+    },
+}
+MODEL_OPTIONS = {
+    "default head": {},
+    "token boxes": {"token_boxes": True},
+    "text layer 1": {"text_layer": 1},
+}
+
+
+@pytest.mark.parametrize("kind", IDLE_CASES)
+def test_idle_parameters_are_exactly_those_without_a_gradient(
+    processor, vocab, samples, kind
+) -> None:
+    """DDP needs find_unused_parameters exactly when some trainable parameter gets no gradient:
+    `idle_parameters` names those of one backward, no more (that would cost every step a graph
+    walk) and no fewer (the second step would fail on several devices)."""
+    head = dict(MODEL_OPTIONS[kind])
+    text_layer = head.pop("text_layer", -1)
+    qwen = load_model("tiny", seed=0)
+    torch.manual_seed(0)
+    model = BBUModel.from_qwen(qwen, caption_vocab=vocab, text_layer=text_layer, **{**HEAD, **head})
+    captions = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])
+    batch = PackedDataCollator()(samples)
+    output = model(batch)
+    for case, (weights, options) in IDLE_CASES[kind].items():
+        loss = MultiTaskLoss(LossWeights(**weights), captions=captions, **options)
+        model.zero_grad(set_to_none=True)
+        loss(model, output, batch).total.backward(retain_graph=True)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert loss.idle_parameters(model) == missing, case
+        assert bool(missing) == (case != "defaults"), case
+    # Frozen groups are nobody's concern.
+    build_param_groups(model, {g: (0.0 if g == "detection" else 1e-4) for g in GROUPS}, 0.0)
+    assert not any(
+        n.startswith("head.") and "adapter" not in n for n in loss.idle_parameters(model)
+    )
+
+
+def test_lm_max_tokens_draws_in_training_only(processor, vocab, samples) -> None:
+    """eval_loss, the usual best-model metric, must be the full loss: a model in eval mode is
+    scored on every answer token whatever lm_max_tokens says."""
+    model = make_model(vocab)
+    batch = PackedDataCollator()(samples)
+    captions = CaptionTargets(processor.tokenizer, vocab, HEAD["caption_max_len"])
+    full = MultiTaskLoss(LossWeights(), captions=captions)
+    capped = MultiTaskLoss(LossWeights(), captions=captions, lm_max_tokens=3)
+    with torch.no_grad():
+        trained = capped(model, model(batch), batch, step=5)
+        model.eval()
+        output = model(batch)
+        evaluated, reference = (
+            capped(model, output, batch, step=5),
+            full(model, output, batch, step=5),
+        )
+    assert float(trained.stats["teacher_tokens"] + trained.stats["student_tokens"]) == 3
+    assert float(evaluated.stats["student_tokens"]) == float(reference.stats["student_tokens"]) > 3
+    for key in ("teacher_lm", "student_lm"):
+        assert float(evaluated.losses[key]) == float(reference.losses[key])
+
+
 def test_batch_without_boxes_keeps_every_parameter_in_the_graph(processor, vocab, tmp_path) -> None:
     rectangles_set(tmp_path, 2)
     chat = ChatProcessor(processor, system_prompt="Find objects.", instruction="Detect.")
@@ -295,6 +382,37 @@ def test_batch_without_boxes_keeps_every_parameter_in_the_graph(processor, vocab
     assert float(result.losses["objectness"].detach()) > 0  # every query is background
     result.total.backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_an_image_with_more_objects_than_queries_next_to_a_bigger_one(processor, vocab, tmp_path):
+    """A 56x56 photo (4 vision tokens, so 4 queries) with 6 objects, batched with a 112x112 one
+    (16 queries): its 12 padding queries are never matched, so the objectness terms stay small
+    (a matched padding query, at logit -1e4, would cost about 2500 / num_boxes each)."""
+    draw_colour = COLOURS["screw/install"]
+    small = Image.new("RGB", (56, 56), (200, 200, 200))
+    pen = ImageDraw.Draw(small)
+    boxes = [(x, y, x + 10, y + 10) for x in (4, 22, 40) for y in (6, 34)]
+    for box in boxes:
+        pen.rectangle(box, fill=draw_colour)
+    small.save(tmp_path / "small.png")
+    Image.new("RGB", (112, 112), (200, 200, 200)).save(tmp_path / "big.png")
+    objects = tuple(
+        DetObject(b, "screw/install") for b in sorted(boxes, key=lambda b: (b[1], b[0]))
+    )
+    chat = ChatProcessor(processor, system_prompt="Find objects.", instruction="Detect.")
+    episodes = [
+        Episode(student=Sample(("small.png",), objects)),
+        Episode(student=Sample(("big.png",), (DetObject((10, 10, 30, 30), "screw/install"),))),
+    ]
+    samples = [chat.process_sample(e, tmp_path) for e in episodes]
+    model = make_model(vocab)
+    batch = StandardDataCollator(151643)(samples)
+    with torch.no_grad():
+        out = model(batch)
+        result = make_loss(processor, vocab)(model, out, batch)
+    assert out.head.query_mask.sum(1).tolist() == [4, 16]
+    assert out.head.token_mask.sum(1).tolist() == [4, 16]
+    assert float(result.losses["objectness"]) < 10 and float(result.losses["objectness_token"]) < 10
 
 
 def test_boxes_without_an_image_are_an_error(processor, vocab, samples) -> None:

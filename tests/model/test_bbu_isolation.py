@@ -1,6 +1,10 @@
 """BBUModel on the tiny Qwen2.5-VL: what never reaches the head (teacher pixels, answer tokens,
 the other samples of a packed row), and padded, left-padded and packed batches giving the same head
-outputs; packed rows hand their boundaries to flash-attention."""
+outputs; packed rows hand their boundaries to flash-attention.
+
+Each test runs under sdpa and eager attention, and once more with the text config's `use_cache`
+on, as the published Qwen2.5-VL configs have it (the tiny config has it off): the model's forward
+must turn the cache off itself, or packed samples attend to each other."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import pytest
 import torch
 
 from bbucli.data.collators import StandardDataCollator
+from bbucli.model.bbu_model import BBUModel
 from tests.model.bbu_batches import (
     PAD,
     build_model,
@@ -20,6 +25,18 @@ from tests.model.bbu_batches import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("sdpa", False), ("eager", False), ("sdpa", True)],
+    ids=["sdpa", "eager", "sdpa-use_cache"],
+)
+def model(request, processor) -> BBUModel:
+    attn, use_cache = request.param
+    model = build_model(processor, attn)
+    model.qwen.config.text_config.use_cache = use_cache
+    return model
 
 
 # ---- what never reaches the head -------------------------------------------------------------
@@ -80,7 +97,6 @@ def test_left_padding_gives_the_same_head_outputs(model, samples) -> None:
         assert max_diff(head_tensors(right, row), head_tensors(left, row)) <= 1e-4
 
 
-
 def test_packed_rows_hand_their_boundaries_to_flash_attention(processor, samples) -> None:
     """flash-attn cannot run here: a probe registered as a flash-attention implementation checks
     that the packed row's cu_seqlens reach the attention function, then computes with sdpa."""
@@ -108,4 +124,3 @@ def test_packed_rows_hand_their_boundaries_to_flash_attention(processor, samples
     seen.clear()
     run(model, standard(samples["one"], samples["two"]))  # padded rows: the mask says it all
     assert all(cu is None for cu, _ in seen)
-

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from bbucli.loss.costs import DEFAULT_COSTS
 from bbucli.loss.weights import DEFAULT_WEIGHTS
+from bbucli.train.config.deepspeed_checks import effective_dtype
 from bbucli.train.config.overrides import dump_yaml
 from bbucli.train.config.passthrough import train_argument_problems
 
@@ -54,12 +55,15 @@ class ModelSection(_Section):
     )
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description='weight dtype; "auto": fp32 for tiny and on a CPU, bf16 for a folder on a GPU',
+        description='weight dtype; "auto": fp32 for tiny and on a CPU, bf16 for a folder on a GPU. '
+        "Without a deepspeed section, bf16/fp16 load fp32 master weights and autocast the forward "
+        "(train.bf16/fp16 on): torch AdamW on half weights would drop most small updates",
     )
-    attn: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+    attn: Literal["auto", "sdpa_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
         description='attention kernel; "auto": flash_attention_2 when flash-attn is installed, a GPU '
-        "is there and the dtype is half, else sdpa",
+        'is there and the dtype is half, else sdpa_varlen (sdpa run sample by sample in packed '
+        'rows, no L x L mask); "sdpa": transformers\' sdpa with its dense packed-row mask',
     )
     min_pixels: Int = Field(
         MIN_PIXELS,
@@ -101,8 +105,9 @@ class DataSection(_Section):
     )
     prompt_classes: Bool = Field(
         True,
-        description="list the taxonomy's classes in the system prompt (~430 tokens for the "
-        "built-in 22); false: task and answer format only (~60 tokens)",
+        description="list the training data's classes (the descs of data.train and the teacher "
+        "pool, as bbu convert wrote them) in the system prompt (~430 tokens for the built-in 22); "
+        "false: task and answer format only (~60 tokens)",
     )
     max_tokens: Int = Field(
         4096,
@@ -130,7 +135,8 @@ class DataSection(_Section):
     num_teachers: Int = Field(1, ge=0, description="teachers (in-context examples) per student, K")
     teacher_resample: Bool = Field(
         False,
-        description="re-draw every student's teachers from the pool each epoch (needs teachers)",
+        description="re-draw every student's teachers from the pool each epoch (needs teachers; "
+        "not with train.dataloader_persistent_workers, whose workers would keep epoch 0's)",
     )
     num_workers: Int = Field(0, ge=0, description="DataLoader worker processes")
 
@@ -238,8 +244,10 @@ class LossSection(_Section):
     lm_max_tokens: Int | None = Field(
         None,
         ge=1,
-        description="answer tokens scored by the LM loss per step, a random subset drawn afresh each "
-        "step (null: all); for small models on CPU where the 151k-vocabulary lm_head dominates a step",
+        description="answer tokens scored by the LM loss per training step, a random subset drawn "
+        "afresh each step, per answer segment so that the teacher and student means stay unbiased "
+        "(null: all; evaluation always scores all, so eval_loss is exact); for small models on CPU "
+        "where the 151k-vocabulary lm_head dominates a step",
     )
 
 
@@ -347,6 +355,18 @@ class BbuConfig(_Section):
     def to_yaml(self) -> str:
         """`resolved_dict()` as YAML; `load_config` of this text gives an equal config."""
         return dump_yaml(self.resolved_dict())
+
+    def autocast(self, gpu: bool) -> Literal["bf16", "fp16"] | None:
+        """The half dtype the forward autocasts to while the weights stay fp32, or None when
+        the weights load as model.dtype says. A half model.dtype (resolved for `gpu`, see
+        `effective_dtype`) without DeepSpeed means this: DeepSpeed keeps fp32 master weights of
+        half weights itself, but torch AdamW would update half weights in place, where an update
+        at a fine-tuning rate (1e-5) falls below half precision's resolution for most weights.
+        Training then matches the Trainer's `bf16: true` on an fp32 model."""
+        dtype = effective_dtype(self.model, gpu)
+        if self.deepspeed is None and dtype in ("bf16", "fp16"):
+            return dtype
+        return None
 
     def training_arguments(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.TrainingArguments`: train's pass-through fields

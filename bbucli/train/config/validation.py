@@ -69,6 +69,8 @@ def semantic_problems(
             )
     if model is not None and train is not None:
         problems += _precision_problems(model, args, gpu)
+        if has_ds and sections["deepspeed"] is None:
+            problems += _master_weight_problems(model, args, gpu)
     if data is not None and train is not None:
         problems += _batch_problems(data, args)
     if has_ds and sections["deepspeed"] is not None:
@@ -254,6 +256,16 @@ def _batch_problems(data: Any, args: Mapping[str, Any]) -> list[Problem]:
         problems.append(
             Problem("train.eval_strategy", f"{strategy!r} needs data.val (a validation JSONL)")
         )
+    if data.teacher_resample and data.num_workers > 0 and args.get("dataloader_persistent_workers"):
+        # Each epoch's re-draw happens in the main process; persistent workers keep the dataset
+        # copy of the first epoch, so they would train on its teachers (and its lengths) forever.
+        problems.append(
+            Problem(
+                "train.dataloader_persistent_workers",
+                "true with data.teacher_resample and data.num_workers > 0: the workers would keep "
+                "the first epoch's teachers; set it false, or data.teacher_resample=false",
+            )
+        )
     per_device = args.get("per_device_train_batch_size")
     if isinstance(per_device, int) and not isinstance(per_device, bool):
         if data.packing and per_device > 1:
@@ -290,3 +302,19 @@ def _precision_problems(model: Any, args: Mapping[str, Any], gpu: bool) -> list[
             )
         )
     return problems
+
+
+def _master_weight_problems(model: Any, args: Mapping[str, Any], gpu: bool) -> list[Problem]:
+    """Half weights without DeepSpeed train as fp32 master weights under autocast
+    (`BbuConfig.autocast`): train.bf16/fp16 set false would turn that into plain fp32."""
+    dtype = effective_dtype(model, gpu)
+    if dtype not in ("bf16", "fp16") or args.get(dtype) is not False:
+        return []
+    return [
+        Problem(
+            f"train.{dtype}",
+            f"false, but model.dtype {model.dtype} without DeepSpeed trains fp32 master weights "
+            f"under {dtype} autocast (train.{dtype} true); set train.{dtype}=true, or "
+            "model.dtype=fp32 for plain fp32 training",
+        )
+    ]
