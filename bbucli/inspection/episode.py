@@ -43,12 +43,12 @@ def process_record(
     path = Path(path)
     options = options or InspectOptions()
     line, episode = read_record(path, index)
-    chat = chat_processor(options)
+    chat = chat_processor(options, source=path)
     try:
         output = chat.process_sample(episode, path.parent)
         skipped = output is None
         if output is None:
-            chat = chat_processor(options, budget=False)
+            chat = chat_processor(options, budget=False, source=path)
             output = chat.process_sample(episode, path.parent)
         kept = len(episode.teachers) - output.teachers_dropped
         samples = [*episode.teachers[:kept], episode.student]

@@ -10,6 +10,7 @@ JSONL's folder.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from typing import Any, Literal
 from bbucli.chat.image_info import load_model_pixels
 from bbucli.chat.loading import VLProcessor, load_processor
 from bbucli.chat.processor import ChatProcessor, SampleBudget
-from bbucli.chat.prompts import build_prompts
+from bbucli.chat.prompts import build_prompts, trained_classes
 from bbucli.errors import DataError, UsageError
 from bbucli.inspection.jsonable import to_jsonable
 from bbucli.schema import (
@@ -102,19 +103,49 @@ def vl_processor(model: str) -> VLProcessor:
     return load_processor(model)
 
 
-def chat_processor(options: InspectOptions, *, budget: bool = True) -> ChatProcessor:
-    """The ChatProcessor training would use for these options; budget=False: no `max_tokens`."""
+def chat_processor(
+    options: InspectOptions, *, budget: bool = True, source: Path | None = None
+) -> ChatProcessor:
+    """The ChatProcessor training would use for these options; budget=False: no `max_tokens`.
+    source: the JSONL being inspected; its dataset's classes (`dataset_classes`) are what the
+    system prompt lists, as in training (without it, or when it holds no object: the taxonomy's)."""
     options.check()
-    taxonomy = Taxonomy.load(options.taxonomy)
-    prompts = build_prompts(
-        taxonomy.descs(options.lang), options.lang, list_classes=options.prompt_classes
-    )
+    descs: Sequence[str] = ()
+    if source is not None and options.prompt_classes:
+        descs = dataset_classes(source)
+    if not descs:
+        descs = Taxonomy.load(options.taxonomy).descs(options.lang)
+    prompts = build_prompts(descs, options.lang, list_classes=options.prompt_classes)
     return ChatProcessor(
         vl_processor(str(options.model)),
         system_prompt=prompts.system,
         instruction=prompts.instruction,
         max_tokens=options.max_tokens if budget else None,
     )
+
+
+def dataset_classes(path: Path) -> tuple[str, ...]:
+    """The class list `bbu train` builds for the dataset `path` belongs to: `trained_classes` of its
+    train JSONL and teacher pool, found by `bbu convert`'s names (X.jsonl and X.teachers.jsonl
+    beside X.val.jsonl or X.teachers.jsonl); `path` alone when neither is there. Lines that are
+    not episodes are skipped (the summary reports them)."""
+    name = path.name
+    base = next((name[: -len(s)] for s in _DATASET_SUFFIXES if name.endswith(s)), None)
+    files = [path]
+    if base is not None:
+        siblings = [path.with_name(base + ".jsonl"), path.with_name(base + ".teachers.jsonl")]
+        files = [f for f in siblings if f.is_file()] or files
+    samples = [
+        sample
+        for file in files
+        for _, item in iter_episodes(file)
+        if not isinstance(item, RecordError)
+        for sample in item.samples
+    ]
+    return trained_classes(samples)
+
+
+_DATASET_SUFFIXES = (".val.jsonl", ".teachers.jsonl", ".jsonl")
 
 
 def image_problem(path: Path, line: int, exc: DataError) -> RecordProblem:

@@ -152,7 +152,7 @@ def summarize(
     """
     path = Path(path)
     options = options or InspectOptions()
-    chat = chat_processor(options)
+    chat = chat_processor(options, source=path)
     started = time.perf_counter()
     root = path.parent
     total = count_records(path)

@@ -95,7 +95,7 @@ def tensors_view(
 def tensors_of(first: ProcessedRecord, options: InspectOptions) -> TensorsView:
     """`tensors_view` of an already processed record (the batch is read from its file)."""
     path, index = first.path, first.index
-    chat = chat_processor(options)
+    chat = chat_processor(options, source=path)
     samples, lines, left_out = [first.output], [first.line], []
     for position, (line, item) in enumerate(iter_episodes(path)):
         if len(samples) >= options.batch_size:

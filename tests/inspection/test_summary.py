@@ -24,7 +24,7 @@ def one_thread():
 
 def test_counts_equal_the_processed_samples(converted):
     summary = summarize(converted)
-    chat = chat_processor(InspectOptions())
+    chat = chat_processor(InspectOptions(), source=converted)
     samples = [chat.process_sample(e, converted.parent) for e in read_episodes(converted)]
     lengths = [s.length for s in samples]
     # Counted from headers == len(input_ids) of the processed sample, episode by episode.

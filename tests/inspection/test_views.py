@@ -76,7 +76,7 @@ def test_tensors_after_each_stage(converted):
         stages["StandardDataCollator"],
         stages["PackedDataCollator"],
     )
-    chat = chat_processor(InspectOptions())
+    chat = chat_processor(InspectOptions(), source=converted)
     lengths = [
         len(chat.process_sample(e, converted.parent).input_ids) for e in _episodes(converted, 2, 3)
     ]
