@@ -81,6 +81,7 @@ def _register() -> None:
     from bbucli.cli import convert  # noqa: F401
     from bbucli.cli import demo as _demo  # noqa: F401
     from bbucli.cli import eval as _eval  # noqa: F401
+    from bbucli.cli import export as _export  # noqa: F401
     from bbucli.cli import inspect as _inspect  # noqa: F401
     from bbucli.cli import predict as _predict  # noqa: F401
     from bbucli.cli import train as _train  # noqa: F401

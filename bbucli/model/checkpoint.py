@@ -3,6 +3,11 @@
     ckpt/
       qwen/               Qwen2.5-VL via `save_pretrained` (config.json, model.safetensors,
                           generation_config.json): loads in plain transformers
+      adapter_config.json, adapter_model.safetensors
+                          instead of qwen/ for a LoRA run: the adapter in peft's own format
+                          (`bbucli.model.lora`); the base model is bbu.json's `lora.base`
+                          (the run's model.path), loaded as training loaded it
+      merger.safetensors  a LoRA run's patch merger, when it trained (names relative to it)
       processor/          tokenizer, preprocessor_config.json (pixel limits), chat_template.json
       head.safetensors    the detection head's state dict (names relative to `DetectionHead`)
       bbu.json            format, versions, head config, text_layer, caption vocabulary, prompts,
@@ -41,6 +46,7 @@ from bbucli.model.checkpoint_layout import (
     FORMAT,
     FORMAT_VERSION,
     HEAD_FILE,
+    MERGER_FILE,
     META_FILE,
     OWNED,
     PROCESSOR_DIR,
@@ -54,6 +60,7 @@ from bbucli.model.checkpoint_layout import (
     parse_config,
     read_meta,
 )
+from bbucli.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraRecord
 from bbucli.model.trained_with import TrainedWith
 from bbucli.schema import Episode, Sample, read_episodes, write_jsonl_atomic
 
@@ -160,6 +167,7 @@ def save_checkpoint(
     prompts: Prompts | None = None,
     trained_with: TrainedWith | None = None,
     teachers: Sequence[Sample] | None = None,
+    lora: LoraRecord | None = None,
 ) -> Path:
     """Write `model` and `processor` as a checkpoint folder at `out_dir` (atomically, see the module
     doc) and return its path. extra: JSON-serialisable values kept in bbu.json (step, metrics, ...);
@@ -168,6 +176,8 @@ def save_checkpoint(
     teachers: the teachers inference prepends (`bbucli.teachers.inference_teachers`), image paths
     absolute or relative to the working directory; their images are copied into teachers/ (an
     empty sequence writes an empty teachers.jsonl: trained without teachers).
+    lora: the LoRA adapter injected into `model.qwen` (`bbucli.model.lora.apply_lora`) and its
+    base; the adapter (and the merger, when it trained) is written instead of qwen/.
     Raises ModelError when `extra` is not JSON-serialisable, a teacher image is missing or the
     folder cannot be written."""
     from bbucli import __version__
@@ -189,7 +199,7 @@ def save_checkpoint(
         "trained_with": None if trained_with is None else trained_with.to_dict(),
         "qwen_dtype": str(next(model.qwen.parameters()).dtype).removeprefix("torch."),
         "files": {
-            "qwen": QWEN_DIR,
+            "qwen": QWEN_DIR if lora is None else None,
             "processor": PROCESSOR_DIR,
             "head": HEAD_FILE,
             "config": CONFIG_FILE if config_yaml is not None else None,
@@ -198,6 +208,10 @@ def save_checkpoint(
         },
         "extra": dict(extra or {}),
     }
+    if lora is not None:
+        meta["lora"] = lora.to_dict()
+        meta["files"]["adapter"] = [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+        meta["files"]["merger"] = MERGER_FILE if lora.merger_trained else None
     try:
         meta_text = json.dumps(meta, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
@@ -216,8 +230,11 @@ def save_checkpoint(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         tmp.mkdir()
-        with _quiet_transformers():
-            model.qwen.save_pretrained(tmp / QWEN_DIR)
+        if lora is None:
+            with _quiet_transformers():
+                model.qwen.save_pretrained(tmp / QWEN_DIR)
+        else:
+            _save_lora(model, lora, tmp)
         processor.save_pretrained(tmp / PROCESSOR_DIR)
         _save_head(model, tmp / HEAD_FILE)
         if config_yaml is not None:
@@ -281,13 +298,16 @@ def load_checkpoint(
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read {folder / HEAD_FILE}: {exc}", hint=hint) from exc
     check_head_state(state, head_config, folder / HEAD_FILE, hint)
-    with _quiet_transformers():
-        try:
-            qwen = load_model(
-                folder / QWEN_DIR, dtype=dtype, attn_implementation=attn_implementation
-            )
-        except ModelError as exc:
-            raise ModelError(f"checkpoint {folder}: {exc.message}", hint=hint) from exc
+    if meta.get("lora") is not None:
+        qwen = _load_lora(folder, meta["lora"], dtype, attn_implementation, hint)
+    else:
+        with _quiet_transformers():
+            try:
+                qwen = load_model(
+                    folder / QWEN_DIR, dtype=dtype, attn_implementation=attn_implementation
+                )
+            except ModelError as exc:
+                raise ModelError(f"checkpoint {folder}: {exc.message}", hint=hint) from exc
     processor = load_processor(folder / PROCESSOR_DIR)
     model = BBUModel(
         qwen,
@@ -325,6 +345,68 @@ def _save_head(model: BBUModel, file: Path) -> None:
         k: v.detach().to("cpu").contiguous().clone() for k, v in model.head.state_dict().items()
     }
     save_file(state, str(file), metadata={"format": "pt"})
+
+
+def _save_lora(model: BBUModel, lora: LoraRecord, folder: Path) -> None:
+    """The adapter in peft's format, and the merger's weights when it trained."""
+    from safetensors.torch import save_file
+
+    from bbucli.model.lora import save_adapter
+
+    save_adapter(model.qwen, lora.spec, folder, lora.base)
+    if lora.merger_trained:
+        merger = model.qwen.model.visual.merger
+        state = {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in merger.state_dict().items()
+        }
+        save_file(state, str(folder / MERGER_FILE), metadata={"format": "pt"})
+
+
+def _load_lora(
+    folder: Path,
+    record: Any,
+    dtype: torch.dtype | str | None,
+    attn_implementation: str | None,
+    hint: str,
+) -> Any:
+    """The base Qwen model of a LoRA checkpoint (`lora.base`, loaded as training loaded it) with
+    its adapter (and trained merger) loaded."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from bbucli.model.loading import load_model
+    from bbucli.model.lora import load_adapter
+
+    try:
+        lora = LoraRecord.from_dict(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{folder / META_FILE}: bad lora record: {exc}", hint=hint) from exc
+    if lora.base != "tiny" and not Path(lora.base).is_dir():
+        raise ModelError(
+            f"checkpoint {folder} is a LoRA adapter of {lora.base}, which does not exist",
+            hint="put the base Qwen2.5-VL folder the run trained on back at that path",
+        )
+    with _quiet_transformers():
+        qwen = load_model(
+            lora.base, dtype=dtype, attn_implementation=attn_implementation, seed=lora.seed
+        )
+    load_adapter(qwen, lora.spec, folder, lora.base)
+    if lora.merger_trained:
+        file = folder / MERGER_FILE
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"cannot read {file}: {exc}", hint=hint) from exc
+        merger = qwen.model.visual.merger
+        try:
+            merger.load_state_dict(
+                {k: v.to(next(merger.parameters()).dtype) for k, v in state.items()}
+            )
+        except RuntimeError as exc:
+            raise ModelError(
+                f"{file} does not fit the base model's merger: {exc}", hint=hint
+            ) from exc
+    return qwen
 
 
 def _save_teachers(teachers: Sequence[Sample], folder: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bbucli.errors import ModelError
+from bbucli.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     import torch
@@ -26,15 +27,33 @@ PROCESSOR_DIR = "processor"
 CONFIG_FILE = "config.yaml"
 TAXONOMY_FILE = "taxonomy.yaml"
 TEACHERS_DIR = "teachers"
+# A LoRA run's checkpoint holds the adapter (peft's files) and the merger instead of qwen/.
+MERGER_FILE = "merger.safetensors"
 #: What a checkpoint folder owns; anything else in a folder being replaced is carried over.
 OWNED = frozenset(
-    {META_FILE, HEAD_FILE, QWEN_DIR, PROCESSOR_DIR, CONFIG_FILE, TAXONOMY_FILE, TEACHERS_DIR}
+    {
+        META_FILE,
+        HEAD_FILE,
+        QWEN_DIR,
+        PROCESSOR_DIR,
+        CONFIG_FILE,
+        TAXONOMY_FILE,
+        TEACHERS_DIR,
+        ADAPTER_CONFIG,
+        ADAPTER_WEIGHTS,
+        MERGER_FILE,
+    }
 )
 REQUIRED = (META_FILE, HEAD_FILE, f"{QWEN_DIR}/config.json", PROCESSOR_DIR)
+REQUIRED_LORA = (META_FILE, HEAD_FILE, ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROCESSOR_DIR)
 RETRAIN_HINT = "save it again (`bbu train ... train.resume=true` writes a fresh checkpoint)"
 
 
 def missing_files(folder: Path) -> list[str]:
+    """The required files `folder` lacks (a LoRA checkpoint, marked by its adapter_config.json,
+    needs the adapter in place of qwen/)."""
+    if (folder / ADAPTER_CONFIG).exists():
+        return [name for name in REQUIRED_LORA if not (folder / name).exists()]
     missing = [name for name in REQUIRED if not (folder / name).exists()]
     qwen = folder / QWEN_DIR
     if qwen.is_dir() and not any(qwen.glob("*.safetensors")) and not any(qwen.glob("*.bin")):

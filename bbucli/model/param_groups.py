@@ -9,6 +9,10 @@ The rules are exact prefixes: a parameter under none of them (a transformers rel
 a module, a module added to BBUModel without a rule) is an error, never silently left out of the
 optimizer. Tied embeddings (3B, tiny) are one parameter: `named_parameters` yields it once, as
 `qwen.model.language_model.embed_tokens.weight`.
+LoRA adapters (`bbucli.model.lora`) are injected in place, so their names stay under the module
+they wrap (`qwen.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight`) and the
+same rules put them in that module's group; the frozen base weights are left out of the optimizer
+like any parameter without gradients.
 """
 
 from __future__ import annotations

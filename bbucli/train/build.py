@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from bbucli.loss.multitask import MultiTaskLoss
     from bbucli.model.bbu_model import BBUModel
     from bbucli.model.caption_vocab import CaptionVocab
+    from bbucli.model.lora import LoraRecord
     from bbucli.model.trained_with import TrainedWith
     from bbucli.schema import Episode
     from bbucli.train.trainer import BBUTrainer
@@ -209,7 +210,9 @@ def learning_rates(cfg: BbuConfig) -> dict[str, float]:
 def build_model(cfg: BbuConfig, vocab: CaptionVocab | None, lrs: dict[str, float]) -> BBUModel:
     """Qwen2.5-VL (`model.path`, dtype and attention as configured, "auto" left to
     `load_model`) with the detection head, whose initial weights follow `model.seed`; the groups
-    with learning rate 0 are frozen here, before any wrapping."""
+    with learning rate 0 are frozen here, before any wrapping. With `model.lora`, peft's adapters
+    (initial weights from `model.seed` too) are injected into the Qwen part, whose own weights
+    are frozen except the merger's (trained unless its learning rate is 0)."""
     import torch
 
     from bbucli.model.bbu_model import BBUModel
@@ -236,6 +239,13 @@ def build_model(cfg: BbuConfig, vocab: CaptionVocab | None, lrs: dict[str, float
             text_layer=cfg.detection.text_layer,
             vision_source=cfg.detection.vision_source,
         )
+    if model.lora is not None:
+        from bbucli.model.lora import apply_lora
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model.seed)
+            apply_lora(qwen, model.lora.spec(), base=model.path)
+        qwen.model.visual.merger.requires_grad_(True)
     build_param_groups(bbu, lrs, cfg.optim.weight_decay)
     return bbu
 
@@ -345,6 +355,7 @@ def build_trainer(
     config_yaml = describe_config(cfg)
     facts = trained_with(cfg, conversation.classes)
     teachers = checkpoint_teachers(datasets.train, data.num_teachers)
+    lora = lora_record(cfg, lrs)
 
     def save_fn(folder: Path, bbu: BBUModel, extra: dict[str, Any]) -> None:
         save_checkpoint(
@@ -357,6 +368,7 @@ def build_trainer(
             prompts=conversation.prompts,
             trained_with=facts,
             teachers=teachers,
+            lora=lora,
         )
 
     collator = PackedDataCollator() if data.packing else StandardDataCollator(_pad_id(processor))
@@ -382,6 +394,17 @@ def build_trainer(
     for default in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(default)
     return trainer
+
+
+def lora_record(cfg: BbuConfig, lrs: dict[str, float]) -> LoraRecord | None:
+    """What checkpoints keep of `model.lora` (None without it): the adapter, its base
+    (`model.path`, `model.seed`) and whether the merger trains (its learning rate is not 0)."""
+    from bbucli.model.lora import LoraRecord
+
+    model = cfg.model
+    if model.lora is None:
+        return None
+    return LoraRecord(model.lora.spec(), model.path, model.seed, lrs["merger"] > 0)
 
 
 def checkpoint_teachers(train: EpisodeDataset, k: int) -> tuple[Sample, ...]:

@@ -23,12 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from bbucli.loss.costs import DEFAULT_COSTS
 from bbucli.loss.weights import DEFAULT_WEIGHTS
+from bbucli.model.lora import DEFAULT_TARGETS
 from bbucli.train.config.deepspeed_checks import effective_dtype
 from bbucli.train.config.overrides import dump_yaml
 from bbucli.train.config.passthrough import train_argument_problems
 
 if TYPE_CHECKING:
     from bbucli.model.head import HeadConfig
+    from bbucli.model.lora import LoraSpec
 
 # Strict scalars: YAML `true` is not an int, `1` is not a bool, `"2e-5"` is not a float.
 Int = Annotated[int, Strict()]
@@ -43,6 +45,28 @@ GROUPS = ("vision", "merger", "llm", "detection", "adapter")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSection(_Section):
+    """LoRA adapters (peft) on the Qwen part: the base weights are frozen, the adapters join the
+    parameter group of the module they wrap (optim.lrs.llm, optim.lrs.vision)."""
+
+    r: Int = Field(16, ge=1, description="adapter rank")
+    alpha: Float = Field(32.0, gt=0.0, description="adapter scale numerator (scale alpha / r)")
+    dropout: Float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input")
+    targets: list[Str] = Field(
+        list(DEFAULT_TARGETS),
+        min_length=1,
+        description="Linear modules to adapt, by name: the LLM's q_proj, k_proj, v_proj, o_proj, "
+        "gate_proj, up_proj, down_proj; the ViT's with a visual. prefix (visual.qkv, visual.proj, "
+        "visual.gate_proj, visual.up_proj, visual.down_proj)",
+    )
+
+    def spec(self) -> LoraSpec:
+        """The `LoraSpec` the model is built with."""
+        from bbucli.model.lora import LoraSpec
+
+        return LoraSpec(self.r, float(self.alpha), float(self.dropout), tuple(self.targets))
 
 
 class ModelSection(_Section):
@@ -79,6 +103,14 @@ class ModelSection(_Section):
     )
     seed: Int = Field(
         0, description="seed of the random weights (tiny, detection head) and of the Trainer"
+    )
+    lora: LoraSection | None = Field(
+        None,
+        description="LoRA adapters (peft) on the Qwen part, base weights frozen, the head and the "
+        "merger trained as optim.lrs says: `{r: 16, alpha: 32, dropout: 0.05, targets: [q_proj, "
+        "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}` (the defaults; ViT targets take a "
+        "visual. prefix: visual.qkv, visual.proj, visual.gate_proj, visual.up_proj, "
+        "visual.down_proj); null: full fine-tuning",
     )
 
 

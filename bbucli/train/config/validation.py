@@ -67,6 +67,8 @@ def semantic_problems(
                     "tokens): every full-size student would be skipped",
                 )
             )
+    if model is not None and model.lora is not None:
+        problems += _lora_problems(model.lora, optim)
     if model is not None and train is not None:
         problems += _precision_problems(model, args, gpu)
         if has_ds and sections["deepspeed"] is None:
@@ -140,6 +142,36 @@ def _model_problems(model: Any, gpu: bool, check_paths: bool) -> list[Problem]:
                     f"{folder} has no config.json: not a Hugging Face checkpoint folder",
                 )
             )
+    return problems
+
+
+def _lora_problems(lora: Any, optim: Any) -> list[Problem]:
+    """Targets that name no module (listing the valid ones), and adapters in a frozen group."""
+    from bbucli.model.lora import VISION_TARGET_PREFIX, unknown_targets, valid_targets
+
+    problems = []
+    unknown = unknown_targets(lora.targets)
+    if unknown:
+        problems.append(
+            Problem(
+                "model.lora.targets",
+                f"{', '.join(unknown)} name no module of Qwen2.5-VL; valid targets: "
+                f"{', '.join(valid_targets())}",
+            )
+        )
+    if optim is not None:
+        vision = any(t.startswith(VISION_TARGET_PREFIX) for t in lora.targets)
+        llm = any(not t.startswith(VISION_TARGET_PREFIX) for t in lora.targets)
+        for group, used in (("llm", llm), ("vision", vision)):
+            if used and getattr(optim.lrs, group) == 0:
+                problems.append(
+                    Problem(
+                        f"optim.lrs.{group}",
+                        f"0 freezes the {group} group, so model.lora's adapters there would "
+                        f"never train; set a learning rate (1e-4 is usual for LoRA) or drop "
+                        "those targets",
+                    )
+                )
     return problems
 
 
