@@ -28,7 +28,7 @@ HELP = """Run the whole loop on the embedded default: raw photos -> JSONL -> ins
 
 Generates a synthetic set of 300 photos into OUT/raw (or, with --examples, takes the 16 photos of examples/raw in the working directory, a clone's root: the loop runs but they are too few to learn from), converts into OUT/data/, trains into OUT/run/, evaluates the final checkpoint's detection head on the val split into OUT/eval/ and generates answers for 8 val images into OUT/eval/lm/. Ends with the metrics table and the files worth opening next; OUT/demo.json holds the numbers.
 
-The training length is --steps N (default 500, 6.5 to 9 minutes in all on 2 CPU cores; the same run everywhere), or a time budget --minutes M turned into steps by timing one batch first. OUT must be new or empty.
+The training length is --steps N (default 500, under 7 minutes in all on 2 CPU cores; the same run everywhere), or a time budget --minutes M turned into steps by timing one batch first. OUT must be new or empty.
 
 --teachers K runs the few-shot path: K label-blind teachers per student in training (re-drawn every epoch) and the checkpoint's K teachers in eval, as bbu predict uses them. A teacher makes each step longer: the default length is then 300 steps, a little shorter in all than the default demo.
 

@@ -18,8 +18,8 @@ turned into steps instead: one batch is timed through the training dry run, and 
 in the budget's training share are planned from it. The step count is sized for the slower of the
 2-core CPUs it was tried on: 650 steps took 499 s in all on one (Intel Xeon) but 671 s on another
 (AMD EPYC). A shorter run ends its cosine schedule sooner, so it is not the 650-step run cut
-short: AP50 was 0.447 after 400 steps and 0.601 after 500 (0.680 after 650); 500 steps come to
-about 6.5 minutes on the Intel machine and 9 on the AMD one.
+short: AP50 was 0.447 after 400 steps and 0.601 after 500 with one torch thread (0.684 with two);
+the 500-step demo took 6 min 39 s in all on the AMD machine.
 
 `teachers` K > 0 is the few-shot demo: `bbu convert` writes K label-blind teachers per student
 (`bbucli.teachers`), training shows each student K teachers drawn again from the pool every epoch
