@@ -258,3 +258,44 @@ def test_zero2_lora_run_matches_the_plain_lora_run(lora_run, tiny_overrides, tmp
     loaded = load_checkpoint(out / "checkpoint-2")
     assert loaded.meta["lora"]["targets"] == ["q_proj", "v_proj", "down_proj", "visual.qkv"]
     assert any(".lora_B." in n for n, _ in loaded.model.named_parameters())
+
+
+def test_a_half_base_stays_half_without_deepspeed(tmp_path, tiny_overrides):
+    """model.dtype bf16 without DeepSpeed keeps fp32 master weights of what trains; under LoRA the
+    frozen base needs none, so it loads bf16 (half the memory) while adapters, merger and head are
+    fp32, and a step under bf16 autocast trains them."""
+    cfg = load_config(
+        TINY,
+        tiny_overrides(tmp_path / "run", *LORA, "model.dtype=bf16", "train.max_steps=1"),
+        target="gpu",  # the GPU rules, run here on the CPU (bf16 autocast works on both)
+    )
+    parts = build_run(cfg, None)
+    model = parts.trainer.model
+    merger = "qwen.model.visual.merger."
+    dtypes = {
+        kind: {p.dtype for n, p in model.named_parameters() if test(n)}
+        for kind, test in (
+            (
+                "base",
+                lambda n: n.startswith("qwen.") and not is_adapter_parameter(n) and merger not in n,
+            ),
+            ("adapters", is_adapter_parameter),
+            ("merger", lambda n: merger in n),
+            ("head", lambda n: n.startswith("head.")),
+        )
+    }
+    assert dtypes == {
+        "base": {torch.bfloat16},
+        "adapters": {torch.float32},
+        "merger": {torch.float32},
+        "head": {torch.float32},
+    }
+    assert parts.trainer.args.bf16
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    parts.trainer.train()
+    loss = [log["loss"] for log in parts.trainer.state.log_history if "loss" in log]
+    assert len(loss) == 1 and math.isfinite(loss[0])
+    moved = {
+        n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])
+    }
+    assert any(is_adapter_parameter(n) for n in moved) and any(merger in n for n in moved)
