@@ -89,12 +89,8 @@ from bbucli.model.bbu_model import BBUModel
 from bbucli.model.param_groups import build_param_groups
 from bbucli.model.varlen_attention import ATTN_VARLEN, register_varlen_attention
 from bbucli.schema import Sample, read_episodes
-from bbucli.train.build import (
-    build_conversation,
-    build_loss,
-    build_vocabulary,
-    learning_rates,
-)
+from bbucli.train.build import build_loss, build_vocabulary, learning_rates
+from bbucli.train.build_data import build_conversation
 from bbucli.train.config.loading import BbuConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,13 +34,13 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bbucli.errors import ModelError
+from bbucli.model.checkpoint_io import quiet_transformers, save_state
 from bbucli.model.checkpoint_layout import (
     CONFIG_FILE,
     FORMAT,
@@ -60,9 +60,11 @@ from bbucli.model.checkpoint_layout import (
     parse_config,
     read_meta,
 )
+from bbucli.model.checkpoint_lora import load_lora, save_lora
+from bbucli.model.checkpoint_teachers import TEACHERS_FILE, checkpoint_teachers, save_teachers
 from bbucli.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraRecord
 from bbucli.model.trained_with import TrainedWith
-from bbucli.schema import Episode, Sample, read_episodes, write_jsonl_atomic
+from bbucli.schema import Sample
 
 if TYPE_CHECKING:
     import torch
@@ -70,9 +72,6 @@ if TYPE_CHECKING:
     from bbucli.chat.loading import VLProcessor
     from bbucli.chat.prompts import Prompts
     from bbucli.model.bbu_model import BBUModel
-
-TEACHERS_FILE = f"{TEACHERS_DIR}/teachers.jsonl"
-TEACHER_IMAGES = "images"  # inside teachers/
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,18 +230,18 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         if lora is None:
-            with _quiet_transformers():
+            with quiet_transformers():
                 model.qwen.save_pretrained(tmp / QWEN_DIR)
         else:
-            _save_lora(model, lora, tmp)
+            save_lora(model, lora, tmp)
         processor.save_pretrained(tmp / PROCESSOR_DIR)
-        _save_head(model, tmp / HEAD_FILE)
+        save_state(model.head, tmp / HEAD_FILE)
         if config_yaml is not None:
             _write_text(tmp / CONFIG_FILE, config_yaml)
         if taxonomy_yaml is not None:
             _write_text(tmp / TAXONOMY_FILE, taxonomy_yaml)
         if teachers is not None:
-            _save_teachers(teachers, tmp / TEACHERS_DIR)
+            save_teachers(teachers, tmp / TEACHERS_DIR)
         _write_text(tmp / META_FILE, meta_text)  # last: its presence marks a complete folder
         _swap_in(tmp, out)
     except OSError as exc:
@@ -299,9 +298,9 @@ def load_checkpoint(
         raise ModelError(f"cannot read {folder / HEAD_FILE}: {exc}", hint=hint) from exc
     check_head_state(state, head_config, folder / HEAD_FILE, hint)
     if meta.get("lora") is not None:
-        qwen = _load_lora(folder, meta["lora"], dtype, attn_implementation, hint)
+        qwen = load_lora(folder, meta["lora"], dtype, attn_implementation, hint)
     else:
-        with _quiet_transformers():
+        with quiet_transformers():
             try:
                 qwen = load_model(
                     folder / QWEN_DIR, dtype=dtype, attn_implementation=attn_implementation
@@ -335,113 +334,6 @@ def load_checkpoint(
 
 
 # ---- internals -------------------------------------------------------------------------------
-
-
-def _save_head(model: BBUModel, file: Path) -> None:
-    from safetensors.torch import save_file
-
-    # Clones: safetensors refuses tensors sharing storage, and views must be contiguous.
-    state = {
-        k: v.detach().to("cpu").contiguous().clone() for k, v in model.head.state_dict().items()
-    }
-    save_file(state, str(file), metadata={"format": "pt"})
-
-
-def _save_lora(model: BBUModel, lora: LoraRecord, folder: Path) -> None:
-    """The adapter in peft's format, and the merger's weights when it trained."""
-    from safetensors.torch import save_file
-
-    from bbucli.model.lora import save_adapter
-
-    save_adapter(model.qwen, lora.spec, folder, lora.base)
-    if lora.merger_trained:
-        merger = model.qwen.model.visual.merger
-        state = {
-            k: v.detach().to("cpu").contiguous().clone() for k, v in merger.state_dict().items()
-        }
-        save_file(state, str(folder / MERGER_FILE), metadata={"format": "pt"})
-
-
-def _load_lora(
-    folder: Path,
-    record: Any,
-    dtype: torch.dtype | str | None,
-    attn_implementation: str | None,
-    hint: str,
-) -> Any:
-    """The base Qwen model of a LoRA checkpoint (`lora.base`, loaded as training loaded it) with
-    its adapter (and trained merger) loaded."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from bbucli.model.loading import load_model
-    from bbucli.model.lora import load_adapter
-
-    try:
-        lora = LoraRecord.from_dict(record)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{folder / META_FILE}: bad lora record: {exc}", hint=hint) from exc
-    if lora.base != "tiny" and not Path(lora.base).is_dir():
-        raise ModelError(
-            f"checkpoint {folder} is a LoRA adapter of {lora.base}, which does not exist",
-            hint="put the base Qwen2.5-VL folder the run trained on back at that path",
-        )
-    with _quiet_transformers():
-        qwen = load_model(
-            lora.base, dtype=dtype, attn_implementation=attn_implementation, seed=lora.seed
-        )
-    load_adapter(qwen, lora.spec, folder, lora.base)
-    if lora.merger_trained:
-        file = folder / MERGER_FILE
-        try:
-            state = load_file(str(file))
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"cannot read {file}: {exc}", hint=hint) from exc
-        merger = qwen.model.visual.merger
-        try:
-            merger.load_state_dict(
-                {k: v.to(next(merger.parameters()).dtype) for k, v in state.items()}
-            )
-        except RuntimeError as exc:
-            raise ModelError(
-                f"{file} does not fit the base model's merger: {exc}", hint=hint
-            ) from exc
-    return qwen
-
-
-def _save_teachers(teachers: Sequence[Sample], folder: Path) -> None:
-    """Copy each teacher's image into `folder/images/` (its own name; numbered when names repeat)
-    and write `folder/teachers.jsonl` naming them relative to `folder`."""
-    images = folder / TEACHER_IMAGES
-    images.mkdir(parents=True)
-    records = []
-    for i, sample in enumerate(teachers):
-        name = Path(sample.image).name
-        if (images / name).exists():
-            name = f"{i}_{name}"
-        shutil.copyfile(sample.image, images / name)
-        kept = Sample(images=(f"{TEACHER_IMAGES}/{name}",), objects=sample.objects)
-        records.append(Episode(student=kept, meta={"id": Path(sample.image).stem}))
-    write_jsonl_atomic(folder / Path(TEACHERS_FILE).name, records)
-
-
-def checkpoint_teachers(folder: str | Path) -> tuple[Sample, ...] | None:
-    """The teachers saved in checkpoint `folder` (teachers/teachers.jsonl), in prompt order, image
-    paths absolute; None for a checkpoint saved without them (written before bbu kept them).
-    Raises SchemaError for a damaged teachers.jsonl, ModelError for a missing image."""
-    file = Path(folder) / TEACHERS_FILE
-    if not file.is_file():
-        return None
-    samples = []
-    for episode in read_episodes(file):
-        image = (file.parent / episode.student.image).absolute()
-        if not image.is_file():
-            raise ModelError(
-                f"{file} names {episode.student.image}, which is not in {file.parent}",
-                hint=f"the checkpoint is incomplete; {RETRAIN_HINT}",
-            )
-        samples.append(Sample(images=(str(image),), objects=episode.student.objects))
-    return tuple(samples)
 
 
 def _write_text(file: Path, text: str) -> None:
@@ -483,17 +375,3 @@ def _swap_in(tmp: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No tqdm bars from transformers while saving or loading (the library never prints)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()

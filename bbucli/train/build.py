@@ -11,12 +11,17 @@ and its resumed copy build the same thing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bbucli.data.dataset import EpisodeDataset
-from bbucli.schema import Sample
+from bbucli.train.build_data import (
+    Conversation,
+    Datasets,
+    build_conversation,
+    load_datasets,
+    teachers_to_carry,
+)
 from bbucli.train.config.loading import GROUPS, BbuConfig, describe_config
 from bbucli.train.trainer import TrainProgress
 
@@ -24,14 +29,11 @@ if TYPE_CHECKING:
     from transformers import TrainingArguments
 
     from bbucli.chat.loading import VLProcessor
-    from bbucli.chat.processor import ChatProcessor
-    from bbucli.chat.prompts import Prompts
     from bbucli.loss.multitask import MultiTaskLoss
     from bbucli.model.bbu_model import BBUModel
     from bbucli.model.caption_vocab import CaptionVocab
     from bbucli.model.lora import LoraRecord
     from bbucli.model.trained_with import TrainedWith
-    from bbucli.schema import Episode
     from bbucli.train.trainer import BBUTrainer
 
 METRICS_FILE = "metrics.jsonl"
@@ -47,28 +49,6 @@ _FIXED_ARGUMENTS = {
     "disable_tqdm": True,  # progress goes through `progress`; the library never prints
     "save_safetensors": True,
 }
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """How episodes become model inputs: the processor (pixel limits of `model`), the chat
-    processor with the run's prompts, the taxonomy YAML text, and the classes: the descs of the
-    train episodes and the teacher pool (`trained_classes`), which the system prompt lists, the
-    caption vocabulary spells and the checkpoint keeps as the head's candidates."""
-
-    processor: VLProcessor
-    chat: ChatProcessor
-    prompts: Prompts
-    taxonomy_yaml: str
-    classes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Datasets:
-    """The train and val datasets."""
-
-    train: EpisodeDataset
-    val: EpisodeDataset | None
 
 
 @dataclass(frozen=True)
@@ -95,100 +75,6 @@ def build_run(cfg: BbuConfig, progress: Callable[[TrainProgress], None] | None) 
     args = training_arguments(cfg)
     trainer = build_trainer(cfg, model, loss, lrs, args, conversation, datasets, progress)
     return RunParts(trainer, conversation, datasets)
-
-
-def build_conversation(cfg: BbuConfig) -> Conversation:
-    """The processor, the taxonomy text (`data.taxonomy` or the built-in one), the classes of
-    the training data and the prompts listing them in `data.lang`, and the chat processor that
-    renders episodes within `data.max_tokens`."""
-    from bbucli.chat.loading import load_processor
-    from bbucli.chat.processor import ChatProcessor
-    from bbucli.chat.prompts import build_prompts
-    from bbucli.taxonomy import Taxonomy, default_path
-
-    model, data = cfg.model, cfg.data
-    processor = load_processor(model.path, min_pixels=model.min_pixels, max_pixels=model.max_pixels)
-    taxonomy_file = data.taxonomy or default_path()
-    Taxonomy.load(taxonomy_file)  # a broken taxonomy fails here, before the model loads
-    taxonomy_yaml = Path(taxonomy_file).read_text(encoding="utf-8")
-    classes = training_classes(cfg)
-    prompts = build_prompts(classes, data.lang, list_classes=data.prompt_classes)
-    chat = ChatProcessor(
-        processor,
-        system_prompt=prompts.system,
-        instruction=prompts.instruction,
-        max_tokens=data.max_tokens,
-        min_pixels=model.min_pixels,
-        max_pixels=model.max_pixels,
-    )
-    return Conversation(processor, chat, prompts, taxonomy_yaml, classes)
-
-
-def training_classes(cfg: BbuConfig) -> tuple[str, ...]:
-    """The descs of the `data.train` episodes and the `data.teachers` pool (`trained_classes`);
-    DataError when they hold no object at all (nothing to detect)."""
-    from bbucli.chat.prompts import trained_classes
-    from bbucli.errors import DataError
-    from bbucli.schema import read_episodes
-
-    data = cfg.data
-    episodes = _episodes(data.train, "data.train", "regenerate it with `bbu convert`")
-    samples = [s for e in episodes for s in e.samples]
-    if data.teachers:
-        samples += [e.student for e in read_episodes(data.teachers)]
-    classes = trained_classes(samples)
-    if not classes:
-        raise DataError(
-            f"{data.train}: no annotated object in the training data or the teacher pool",
-            hint="check the bbu convert report: every label may have been dropped as unknown",
-        )
-    return classes
-
-
-def load_datasets(cfg: BbuConfig, chat: ChatProcessor) -> Datasets:
-    """Read the train, teacher-pool and val JSONL files into datasets (teachers per student:
-    `data.num_teachers`; the train set re-draws them from the pool when `data.teacher_resample`)."""
-    from bbucli.schema import read_episodes
-
-    data = cfg.data
-    episodes = _episodes(data.train, "data.train", "regenerate it with `bbu convert`")
-    pool = [e.student for e in read_episodes(data.teachers)] if data.teachers else []
-    train = EpisodeDataset(
-        episodes,
-        chat,
-        data.image_root,
-        num_teachers=data.num_teachers,
-        teacher_pool=pool,
-        resample=data.teacher_resample,
-        seed=cfg.model.seed,
-        name="train",
-    )
-    val = None
-    if data.val is not None:
-        hint = (
-            "convert with a larger --val-ratio (small sets round it down to no image), or set "
-            "data.val=null to train without evaluation"
-        )
-        val = EpisodeDataset(
-            _episodes(data.val, "data.val", hint),
-            chat,
-            data.image_root,
-            num_teachers=data.num_teachers,
-            name="val",
-        )
-    return Datasets(train, val)
-
-
-def _episodes(path: Path, key: str, hint: str) -> list[Episode]:
-    """The episodes of `path`; DataError when it holds none (else the budget check would blame
-    data.max_tokens for an empty file)."""
-    from bbucli.errors import DataError
-    from bbucli.schema import read_episodes
-
-    episodes = read_episodes(path)
-    if not episodes:
-        raise DataError(f"{key} {path} holds no episodes", hint=hint)
-    return episodes
 
 
 def build_vocabulary(
@@ -360,7 +246,7 @@ def build_trainer(
     data, processor = cfg.data, conversation.processor
     config_yaml = describe_config(cfg)
     facts = trained_with(cfg, conversation.classes)
-    teachers = checkpoint_teachers(datasets.train, data.num_teachers)
+    teachers = teachers_to_carry(datasets.train, data.num_teachers)
     lora = lora_record(cfg, lrs)
 
     def save_fn(folder: Path, bbu: BBUModel, extra: dict[str, Any]) -> None:
@@ -411,17 +297,6 @@ def lora_record(cfg: BbuConfig, lrs: dict[str, float]) -> LoraRecord | None:
     if model.lora is None:
         return None
     return LoraRecord(model.lora.spec(), model.path, model.seed, lrs["merger"] > 0)
-
-
-def checkpoint_teachers(train: EpisodeDataset, k: int) -> tuple[Sample, ...]:
-    """The `k` teachers every checkpoint carries for inference: `inference_teachers` of the
-    teacher pool (`data.teachers`; without one, the teachers the train episodes name), image
-    paths resolved against the dataset's image root."""
-    from bbucli.teachers import inference_teachers
-
-    pool = train.teacher_pool or tuple(t for e in train.episodes for t in e.teachers)
-    chosen = inference_teachers(pool, k)
-    return tuple(replace(t, images=(str(train.image_root / t.image),)) for t in chosen)
 
 
 def _pad_id(processor: VLProcessor) -> int:
