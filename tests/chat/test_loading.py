@@ -14,25 +14,13 @@ from bbucli.chat.loading import VLProcessor, load_processor
 from bbucli.chat.tokenizer import ADDED_TOKENS, FIRST_ADDED_ID, QWEN2_5_VL_CHAT_TEMPLATE
 from bbucli.errors import ConfigError, ModelError
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from tools.real_shape_checkpoint import PREPROCESSOR_CONFIG  # as published for 3B and 7B
 
 MESSAGES = [
     {"role": "system", "content": "Find every screw."},
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Detect [x1, y1]."}]},
     {"role": "assistant", "content": '[{"bbox_2d": [12, 345, 67, 890], "label": "screw"}]'},
 ]
-
-# Qwen/Qwen2.5-VL-7B-Instruct's preprocessor_config.json as published (4.x key layout).
-REAL_PREPROCESSOR_CONFIG = {
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen2_5_VLProcessor",
-}
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -161,7 +149,7 @@ def test_checkpoint_layout_keeps_its_own_limits_unless_overridden(processor, tmp
     processor.tokenizer.save_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").unlink()
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(real_tokenizer_config()))
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(REAL_PREPROCESSOR_CONFIG))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG))
     template = {"chat_template": processor.chat_template}
     (tmp_path / "chat_template.json").write_text(json.dumps(template))
     real = load_processor(tmp_path)
@@ -187,7 +175,7 @@ def test_missing_folder_or_files_are_model_errors(processor, tmp_path):
     processor.tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ModelError, match="lacks preprocessor_config.json"):
         load_processor(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(REAL_PREPROCESSOR_CONFIG))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG))
     (tmp_path / "chat_template.jinja").unlink()
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
