@@ -87,7 +87,7 @@ from bbucli.data.collators import PackedDataCollator, StandardDataCollator
 from bbucli.inspection.batching import packed_bins
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.param_groups import build_param_groups
-from bbucli.model.varlen_attention import ATTN_VARLEN, register_varlen_attention
+from bbucli.model.varlen_attention import ATTN_VARLEN, ATTN_WINDOWS, register_varlen_attention
 from bbucli.schema import Sample, read_episodes
 from bbucli.train.build import build_loss, build_vocabulary, learning_rates
 from bbucli.train.build_data import build_conversation
@@ -151,12 +151,18 @@ def qwen_config(size: str, tiny: bool) -> Any:
 
 
 def build_bbu(
-    cfg: BbuConfig, config: Any, vocab: Any, device: torch.device, weights: str = "fp32"
+    cfg: BbuConfig,
+    config: Any,
+    vocab: Any,
+    device: torch.device,
+    weights: str = "fp32",
+    vision_attn: str = "windows",
 ) -> BBUModel:
     """Qwen2.5-VL with random weights (`weights` fp32: what `bbu train` holds without DeepSpeed,
     fp32 master weights under bf16 autocast; bf16: half weights, what DeepSpeed's bf16 engine
     runs; always fp32 on CPU) + the configured head (fp32), built on `device`; parameter groups
-    with lr 0 frozen, as `build_model` does."""
+    with lr 0 frozen, as `build_model` does. `vision_attn` "windows": the vision tower's windows
+    batched per length (`ATTN_WINDOWS`, what `load_model` sets); "sdpa": one call per window."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     half = device.type == "cuda" and weights == "bf16"
@@ -167,6 +173,8 @@ def build_bbu(
         qwen = Qwen2_5_VLForConditionalGeneration._from_config(
             config, dtype=dtype, attn_implementation=ATTN_VARLEN
         )
+        vision = ATTN_WINDOWS if vision_attn == "windows" else "sdpa"
+        qwen.set_attn_implementation({"vision_config": vision})
         hidden = int(qwen.config.text_config.hidden_size)
         head_config = cfg.detection.head_config(hidden, vocab.size if vocab is not None else 0)
         bbu = BBUModel(
@@ -876,7 +884,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             def bigger(size: str = size) -> dict[str, Any]:
                 model = build_bbu(
-                    parts["cfg"], qwen_config(size, args.tiny), parts["vocab"], device, args.weights
+                    parts["cfg"],
+                    qwen_config(size, args.tiny),
+                    parts["vocab"],
+                    device,
+                    args.weights,
+                    args.vision_attn,
                 )
                 return train_step(model, cfg, loss_fn, row, pad_id, args, device)
 
@@ -906,7 +919,9 @@ def setup(
         loss_fn=build_loss(cfg, processor, vocab),
     )
     start = time.perf_counter()
-    bbu = build_bbu(cfg, qwen_config(size, args.tiny), vocab, device, args.weights)
+    bbu = build_bbu(
+        cfg, qwen_config(size, args.tiny), vocab, device, args.weights, args.vision_attn
+    )
     sync(device)
     parts["bbu"] = bbu
     return {
@@ -914,6 +929,7 @@ def setup(
         "params_qwen": count(bbu.qwen),
         "params_head": count(bbu.head),
         "use_cache_in_text_config": bool(bbu.qwen.config.text_config.use_cache),
+        "vision_attn": args.vision_attn,
         "tokens_per_row": cfg.data.max_tokens_per_batch,
         "max_pixels": cfg.model.max_pixels,
         "sample_tokens": [s.length for s in data["samples"]],
@@ -952,6 +968,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="fp32",
         help="Qwen weights on CUDA: fp32 master weights under bf16 autocast (bbu train without "
         "DeepSpeed) or bf16 (DeepSpeed's bf16 engine)",
+    )
+    parser.add_argument(
+        "--vision-attn",
+        choices=("windows", "sdpa"),
+        default="windows",
+        help="the vision tower's attention: its windows batched per length (what bbu runs) or "
+        "transformers' one sdpa call per window (before bbu 0.2)",
     )
     parser.add_argument(
         "--sections",

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--vision-attn", choices=("windows", "sdpa"), default="windows")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -109,7 +110,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": gpu.machine(device)}
     with tempfile.TemporaryDirectory() as tmp:
         parts: dict[str, Any] = {}
-        setup_args = gpu.parse_args(["--device", args.device, *(["--tiny"] if args.tiny else [])])
+        setup_args = gpu.parse_args(
+            [
+                "--device",
+                args.device,
+                "--vision-attn",
+                args.vision_attn,
+                *(["--tiny"] if args.tiny else []),
+            ]
+        )
         report["setup"] = gpu.setup(setup_args, Path(tmp), "3b", device, parts)
         bbu, cfg, loss_fn = parts["bbu"], parts["cfg"], parts["loss_fn"]
         bbu.train()

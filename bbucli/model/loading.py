@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bbucli.errors import ModelError
-from bbucli.model.varlen_attention import ATTN_VARLEN, register_varlen_attention
+from bbucli.model.varlen_attention import ATTN_VARLEN, ATTN_WINDOWS, register_varlen_attention
 
 if TYPE_CHECKING:
     import torch
@@ -169,7 +169,9 @@ def load_model(
     `from_pretrained(local_files_only=True)`, `dtype` default bf16 when CUDA is available else fp32,
     on CPU (the caller places it). `attn_implementation` default: "flash_attention_2" when
     flash_attn is importable, CUDA is available and the dtype is bf16/fp16; else "sdpa_varlen"
-    (`bbucli.model.varlen_attention`: sdpa with per-sample attention in packed rows).
+    (`bbucli.model.varlen_attention`: sdpa with per-sample attention in packed rows). With
+    "sdpa" or "sdpa_varlen" the vision tower runs `ATTN_WINDOWS` (all its windows of one length
+    in one sdpa call).
     """
     import torch
 
@@ -185,6 +187,9 @@ def load_model(
             )
     else:
         model = _load_folder(Path(path), resolved_dtype, attn)
+    if attn in ("sdpa", ATTN_VARLEN):
+        # The vision tower's windows batched per length (`ATTN_WINDOWS`); the text model keeps `attn`.
+        model.set_attn_implementation({"vision_config": ATTN_WINDOWS})
     model.train()
     return model
 

@@ -1,4 +1,5 @@
-"""`sdpa_varlen`: packed rows attended sample by sample, no (L, L) mask, same numbers as sdpa.
+"""`sdpa_varlen`: packed rows attended sample by sample, no (L, L) mask, same numbers as sdpa;
+and the vision tower's `ATTN_WINDOWS`: windows batched per length, same numbers as sdpa per window.
 
 The bin and the single-sample references are those of tests/data/test_packing_equivalence.py (1-,
 0- and 2-image samples). Each packed check runs twice: with the row's `cu_seq_lens_q` (what
@@ -9,11 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from bbucli.data.collators import PackedDataCollator, StandardDataCollator
 from bbucli.model.bbu_model import BBUModel
 from bbucli.model.loading import load_model
-from bbucli.model.varlen_attention import ATTN_VARLEN, varlen_kwargs, varlen_mask
+from bbucli.model.varlen_attention import (
+    ATTN_VARLEN,
+    ATTN_WINDOWS,
+    varlen_kwargs,
+    varlen_mask,
+    windows_attention_forward,
+)
 from tests.data.test_packing_equivalence import (
     PAD,
     TOL,
@@ -34,7 +42,89 @@ def model():
 
 def test_auto_attention_is_varlen_on_cpu(model) -> None:
     assert model.config.text_config._attn_implementation == ATTN_VARLEN
-    assert model.config.vision_config._attn_implementation == ATTN_VARLEN
+    assert model.config.vision_config._attn_implementation == ATTN_WINDOWS
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_vision_windows_follow_the_text_attention(attn) -> None:
+    model = load_model("tiny", attn_implementation=attn)
+    assert model.config.text_config._attn_implementation == attn
+    expected = ATTN_WINDOWS if attn == "sdpa" else attn
+    assert model.config.vision_config._attn_implementation == expected
+
+
+def test_windows_equal_one_sdpa_call_per_window() -> None:
+    """Windows of four lengths (one of them empty), in mixed order: each window's output is
+    sdpa over that window alone, and the gradient flows back the same way."""
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 64, 128, 176, 240, 240, 256, 320, 368], dtype=torch.int32)
+    q, k, v = (torch.randn(1, 2, 368, 16, requires_grad=True) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = False
+    out, _ = windows_attention_forward(
+        module, q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu, scaling=0.25, dropout=0.0
+    )
+    assert out.shape == (1, 368, 2, 16)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    pieces = [
+        torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], scale=0.25
+        ).transpose(1, 2)
+        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)
+        if e > s
+    ]
+    reference = torch.cat(pieces, dim=1)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
+    (reference * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    for got, want in zip(grads, (q.grad, k.grad, v.grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_windows_without_boundaries_fall_back_to_sdpa() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
+    module = torch.nn.Module()
+    module.is_causal = False
+    out, _ = windows_attention_forward(module, q, k, v, None, scaling=0.25)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25)
+    torch.testing.assert_close(out, want.transpose(1, 2), rtol=0, atol=1e-6)
+
+
+class _CountSdpa(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_vision_tower_windows_equal_sdpa() -> None:
+    """The tiny vision tower (a window block and a full-attention block) on three images, two
+    sizes with edge windows: embeddings and input gradients as under plain sdpa, in 6 sdpa calls
+    (4 window lengths, 2 image sizes) instead of one per window and image (22 + 3): transformers
+    still hands the boundaries to an implementation named like ATTN_WINDOWS."""
+    torch.manual_seed(0)
+    model = load_model("tiny")
+    grid = torch.tensor([[1, 18, 22], [1, 16, 16], [1, 18, 22]])
+    pixels = torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 14 * 14, requires_grad=True)
+    results = []
+    for name in (ATTN_WINDOWS, "sdpa"):
+        model.set_attn_implementation({"vision_config": name})
+        pixels.grad = None
+        with _CountSdpa() as counter:
+            out = model.model.visual(pixels, grid_thw=grid).pooler_output
+        out.square().sum().backward()
+        results.append((out.detach(), pixels.grad.clone(), counter.calls))
+    (out_w, grad_w, calls_w), (out_s, grad_s, calls_s) = results
+    assert (calls_w, calls_s) == (6, 25)
+    torch.testing.assert_close(out_w, out_s, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grad_w, grad_s, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("boundaries", ["cu_seqlens", "position_ids"])
