@@ -29,6 +29,12 @@ shared machine then falls on all of them alike). Each configuration runs twice: 
                                        mask (checked here to give the same states as the sdpa mask).
 The loss is the LM loss at supervised positions only, `lm_head` applied in checkpointed chunks
 (as the training loss does, so (L, 151k) logits never exist); it costs the same padded or packed.
+
+Training step: what `bbu train configs/tiny.yaml` runs per step, built by `bbucli.train.build`
+from that config (detection head, multi-task loss: LM, boxes, objectness, captions; attention
+`sdpa_varlen`) on the same K=1 train episodes from its dataset: forward, loss, backward, padded
+(file order, length-sorted) vs packed rows of --budget. Twice: the LM loss over every answer token
+(tiny.yaml), and over 256 drawn per step (`loss.lm_max_tokens=256`, what `bbu demo` sets on CPU).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from bbucli.model.varlen_attention import ATTN_VARLEN, varlen_kwargs
 from bbucli.schema import read_episodes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "raw"
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 PAD_ID = 151643
 CHUNK = 1024
 
@@ -205,6 +212,88 @@ def optimum_bins(lengths: list[int], budget: int, max_patterns: int = 20_000) ->
     return round(result.fun) if result.success else None
 
 
+def training_parts(folder: Path, lm_max_tokens: int | None) -> tuple[Any, Any, Any]:
+    """(BBUModel, MultiTaskLoss, train EpisodeDataset) of configs/tiny.yaml on the K=1 conversion
+    in `folder` (`length_mix` wrote it), built as `bbu train` builds them."""
+    from bbucli.train.build import (
+        build_loss,
+        build_model,
+        build_vocabulary,
+        freeze_idle,
+        learning_rates,
+    )
+    from bbucli.train.build_data import build_conversation, load_datasets
+    from bbucli.train.config.loading import load_config
+
+    data = folder / "k1"
+    overrides = [
+        f"data.train={data / 'data.jsonl'}",
+        f"data.val={data / 'data.val.jsonl'}",
+        f"data.teachers={data / 'data.teachers.jsonl'}",
+        "data.max_tokens=8192",
+        "data.max_tokens_per_batch=8192",
+        "model.attn=sdpa_varlen",
+        f"train.output_dir={folder / 'run'}",
+        f"loss.lm_max_tokens={'null' if lm_max_tokens is None else lm_max_tokens}",
+    ]
+    cfg = load_config(TINY_CONFIG, overrides, target="cpu")
+    conversation = build_conversation(cfg)
+    datasets = load_datasets(cfg, conversation.chat)
+    vocab = build_vocabulary(cfg, conversation.processor, conversation.classes)
+    model = build_model(cfg, vocab, learning_rates(cfg))
+    loss = build_loss(cfg, conversation.processor, vocab)
+    freeze_idle(model, loss)
+    return model, loss, datasets.train
+
+
+def training_step_times(
+    folder: Path, args: argparse.Namespace, lm_max_tokens: int | None
+) -> dict[str, Any]:
+    """Median seconds of `bbu train`'s forward + loss + backward over the first
+    --timing-samples train episodes: padded (file order, length-sorted) vs packed."""
+    model, loss_fn, dataset = training_parts(folder, lm_max_tokens)
+    samples = [dataset[i] for i in range(min(args.timing_samples, len(dataset)))]
+    real = sum(s.length for s in samples)
+    b = args.batch_size
+    standard, packed = StandardDataCollator(PAD_ID), PackedDataCollator()
+    ordered = sorted(samples, key=lambda s: s.length)
+    bins = packed_bins([s.length for s in samples], args.budget)
+    configs = {
+        "padded, file order": [standard(samples[i : i + b]) for i in range(0, len(samples), b)],
+        "padded, length-sorted": [standard(ordered[i : i + b]) for i in range(0, len(ordered), b)],
+        "packed, sdpa_varlen": [packed([samples[i] for i in bin_]) for bin_ in bins],
+    }
+
+    def step(batch: dict) -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model, model(dict(batch)), batch, step=1).total.backward()
+
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for round_ in range(args.repeat + 1):  # interleaved; the first round is a warm-up
+        for name, batches in configs.items():
+            start = time.perf_counter()
+            for batch in batches:
+                step(batch)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    title = "every answer token" if lm_max_tokens is None else f"{lm_max_tokens} per step"
+    print(f" bbu train step (configs/tiny.yaml), LM loss over {title}:")
+    for name, batches in configs.items():
+        slots = sum(batch["input_ids"].numel() for batch in batches)
+        print(
+            f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
+            f"({100 * (1 - real / slots):4.1f}% pad): {seconds[name]:6.2f} s, "
+            f"{1e6 * seconds[name] / real:6.1f} us/real token"
+        )
+    packed_s = seconds["packed, sdpa_varlen"]
+    print(
+        f"  -> packed: {seconds['padded, file order'] / packed_s:.2f}x padded file order, "
+        f"{seconds['padded, length-sorted'] / packed_s:.2f}x padded length-sorted (per real token)"
+    )
+    return {"episodes": len(samples), "real_tokens": real, "seconds": seconds}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=int, default=8192)
@@ -324,6 +413,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     f"file order, {seconds['padded, length-sorted'] / seconds[name]:.2f}x padded "
                     "length-sorted (per real token)"
                 )
+        for key, lm_max_tokens in (("train_step", None), ("train_step_lm256", 256)):
+            results[key] = training_step_times(Path(tmp), args, lm_max_tokens)
     return results
 
 
