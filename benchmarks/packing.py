@@ -18,8 +18,8 @@ distinct lengths), and the seconds `pack_bins` takes for 10,000 episodes.
 Step time: forward + backward of the random-weight tiny Qwen2.5-VL (fp32, CPU, --threads torch
 threads) over the first --timing-samples episodes, per real token; median of --repeat rounds after
 a warm-up round, the configurations interleaved in each round (load from other processes on a
-shared machine then falls on all of them alike). Each configuration runs twice: the body alone
-(vision tower + decoder, a trivial loss over every slot) and the full step with the LM loss:
+shared machine then falls on all of them alike). First the model body alone (vision tower +
+decoder, a trivial loss over every slot), in four configurations:
   padded file order / length-sorted   `StandardDataCollator` batches of --batch-size, sdpa;
   packed, sdpa mask                    `PackedDataCollator` rows, transformers' own packed-sequence
                                        mask (what runs on CPU today: attention over the whole row,
@@ -27,14 +27,13 @@ shared machine then falls on all of them alike). Each configuration runs twice: 
   packed, sdpa_varlen                  the same rows under `model.attn: sdpa_varlen` (the default
                                        without flash-attn): causal sdpa run sample by sample, no
                                        mask (checked here to give the same states as the sdpa mask).
-The loss is the LM loss at supervised positions only, `lm_head` applied in checkpointed chunks
-(as the training loss does, so (L, 151k) logits never exist); it costs the same padded or packed.
-
-Training step: what `bbu train configs/tiny.yaml` runs per step, built by `bbucli.train.build`
-from that config (detection head, multi-task loss: LM, boxes, objectness, captions; attention
-`sdpa_varlen`) on the same K=1 train episodes from its dataset: forward, loss, backward, padded
-(file order, length-sorted) vs packed rows of --budget. Twice: the LM loss over every answer token
-(tiny.yaml), and over 256 drawn per step (`loss.lm_max_tokens=256`, what `bbu demo` sets on CPU).
+Then the training step: what `bbu train configs/tiny.yaml` runs per step, built by
+`bbucli.train.build` from that config (detection head, multi-task loss: LM, boxes, objectness,
+captions; attention `sdpa_varlen`) on the same K=1 train episodes from its dataset: forward, loss,
+backward, padded (file order, length-sorted) vs packed rows of --budget. Twice: with 256 answer
+tokens scored by the LM loss per step (tiny.yaml's `loss.lm_max_tokens`), and with every answer
+token (`lm_max_tokens=null`, what a real-size config does): the tiny model's (128 x 151k) lm_head
+then costs most of the step, the same padded or packed.
 """
 
 from __future__ import annotations
@@ -53,9 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import Bounds, LinearConstraint, milp
-from torch.utils.checkpoint import checkpoint
 
 from bbucli.chat.processor import ChatProcessorOutput
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset
@@ -70,7 +67,6 @@ from bbucli.schema import read_episodes
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "raw"
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 PAD_ID = 151643
-CHUNK = 1024
 
 
 def cpu_name() -> str:
@@ -84,22 +80,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def lm_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy at supervised positions; lm_head in checkpointed chunks."""
-    targets = labels[:, 1:]
-    keep = targets != -100
-    states, targets = hidden[:, :-1][keep], targets[keep]
-
-    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model.lm_head(h), t, reduction="sum")
-
-    total = sum(
-        checkpoint(chunk_loss, states[i : i + CHUNK], targets[i : i + CHUNK], use_reentrant=False)
-        for i in range(0, len(targets), CHUNK)
-    )
-    return total / len(targets)
-
-
 def forward_hidden(model: Any, batch: dict, packed: bool) -> torch.Tensor:
     inputs = {k: batch[k] for k in ("input_ids", "position_ids", "pixel_values", "image_grid_thw")}
     if not packed:
@@ -109,12 +89,12 @@ def forward_hidden(model: Any, batch: dict, packed: bool) -> torch.Tensor:
     return model.model(**inputs, use_cache=False).last_hidden_state
 
 
-def step(model: Any, batch: dict, packed: bool, with_head: bool) -> None:
-    """One forward + backward. with_head: the LM loss; else the body alone (vision tower and
-    decoder layers, loss = mean square of the last hidden states over every slot)."""
+def step(model: Any, batch: dict, packed: bool) -> None:
+    """One forward + backward of the body alone (vision tower and decoder layers, loss = mean
+    square of the last hidden states over every slot)."""
     model.zero_grad(set_to_none=True)
     hidden = forward_hidden(model, batch, packed)
-    loss = lm_loss(model, hidden, batch["labels"]) if with_head else hidden.square().mean()
+    loss = hidden.square().mean()
     loss.backward()
 
 
@@ -377,43 +357,39 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ("packed, sdpa mask", rows, True, "sdpa"),
             ("packed, sdpa_varlen", rows, True, ATTN_VARLEN),
         )
-        for with_head, title in (
-            (False, "body only (vision + decoder)"),
-            (True, "full step (+ LM loss)"),
-        ):
-            print(f" {title}:")
-            times: dict[str, list[float]] = {name: [] for name, *_ in configs}
-            # Round-robin over the configurations, so that load from other processes on a shared
-            # machine falls on all of them alike; the first round is a warm-up.
-            for round_ in range(args.repeat + 1):
-                for name, batches, is_packed, attention in configs:
-                    set_text_attention(model, attention)
-                    start = time.perf_counter()
-                    for batch in batches:
-                        step(model, batch, is_packed, with_head)
-                    if round_:
-                        times[name].append(time.perf_counter() - start)
-            seconds = {name: statistics.median(t) for name, t in times.items()}
-            results["step_body" if not with_head else "step_full"] = {
-                "episodes": len(samples),
-                "real_tokens": real,
-                "seconds": seconds,
-                "varlen_max_abs_diff": diff,
-            }
-            for name, batches, _, _ in configs:
-                slots = sum(batch["input_ids"].numel() for batch in batches)
-                print(
-                    f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
-                    f"({100 * (1 - real / slots):4.1f}% pad): {seconds[name]:6.2f} s, "
-                    f"{1e6 * seconds[name] / real:6.1f} us/real token"
-                )
-            for name in ("packed, sdpa mask", "packed, sdpa_varlen"):
-                print(
-                    f"  -> {name}: {seconds['padded, file order'] / seconds[name]:.2f}x padded "
-                    f"file order, {seconds['padded, length-sorted'] / seconds[name]:.2f}x padded "
-                    "length-sorted (per real token)"
-                )
-        for key, lm_max_tokens in (("train_step", None), ("train_step_lm256", 256)):
+        print(" body only (vision + decoder):")
+        times: dict[str, list[float]] = {name: [] for name, *_ in configs}
+        # Round-robin over the configurations, so that load from other processes on a shared
+        # machine falls on all of them alike; the first round is a warm-up.
+        for round_ in range(args.repeat + 1):
+            for name, batches, is_packed, attention in configs:
+                set_text_attention(model, attention)
+                start = time.perf_counter()
+                for batch in batches:
+                    step(model, batch, is_packed)
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+        seconds = {name: statistics.median(t) for name, t in times.items()}
+        results["step_body"] = {
+            "episodes": len(samples),
+            "real_tokens": real,
+            "seconds": seconds,
+            "varlen_max_abs_diff": diff,
+        }
+        for name, batches, _, _ in configs:
+            slots = sum(batch["input_ids"].numel() for batch in batches)
+            print(
+                f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
+                f"({100 * (1 - real / slots):4.1f}% pad): {seconds[name]:6.2f} s, "
+                f"{1e6 * seconds[name] / real:6.1f} us/real token"
+            )
+        for name in ("packed, sdpa mask", "packed, sdpa_varlen"):
+            print(
+                f"  -> {name}: {seconds['padded, file order'] / seconds[name]:.2f}x padded "
+                f"file order, {seconds['padded, length-sorted'] / seconds[name]:.2f}x padded "
+                "length-sorted (per real token)"
+            )
+        for key, lm_max_tokens in (("train_step", 256), ("train_step_all_tokens", None)):
             results[key] = training_step_times(Path(tmp), args, lm_max_tokens)
     return results
 
