@@ -232,3 +232,41 @@ def test_predict_and_eval_on_the_checkpoint(trained, data, tmp_path) -> None:
         assert -1.0 <= metrics[source]["coco"]["AP50"] <= 1.0
         written = ckpt / "eval" / source / "predictions.jsonl"
         assert len(written.read_text().splitlines()) == val_images
+
+
+def test_packed_row_equals_each_sample_alone_on_the_real_widths(folder, data) -> None:
+    """`model.attn: auto` on the CPU (sdpa_varlen, vision windows batched) with the real widths,
+    16 query / 2 KV heads and `use_cache: true` from the folder's config: a packed row of the
+    converted episodes (one teacher each) gives every sample the hidden states it gets alone."""
+    from bbucli.chat.loading import load_processor
+    from bbucli.chat.processor import ChatProcessor
+    from bbucli.data.collators import PackedDataCollator, StandardDataCollator
+    from bbucli.model.loading import load_model
+    from bbucli.model.varlen_attention import ATTN_VARLEN, ATTN_WINDOWS, varlen_kwargs
+    from bbucli.schema import read_episodes
+
+    model = load_model(folder, dtype="fp32").eval()
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text._attn_implementation, vision._attn_implementation) == (ATTN_VARLEN, ATTN_WINDOWS)
+    assert text.use_cache is True
+    chat = ChatProcessor(
+        load_processor(folder), system_prompt="Find objects.", instruction="Detect."
+    )
+    samples = [chat.process_sample(e, data) for e in read_episodes(data / "bbu.jsonl")]
+    assert len(samples) >= 2 and all(s.image_grid_thw.shape[0] == 2 for s in samples)
+
+    def hidden(batch: dict, **extra) -> torch.Tensor:
+        keys = ("input_ids", "position_ids", "pixel_values", "image_grid_thw")
+        with torch.no_grad():
+            out = model.model(**{k: batch[k] for k in keys}, **extra)
+        return out.last_hidden_state
+
+    row = PackedDataCollator()(samples)
+    packed = hidden(row, **varlen_kwargs(row["cu_seqlens"], torch.device("cpu")))[0]
+    start = 0
+    for sample in samples:
+        single = StandardDataCollator(151643)([sample])
+        alone = hidden(single, attention_mask=single["attention_mask"])[0]
+        torch.testing.assert_close(packed[start : start + sample.length], alone, rtol=0, atol=1e-4)
+        start += sample.length
+    assert start == packed.shape[0]
