@@ -56,8 +56,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from bbucli.chat.processor import ChatProcessorOutput
 from bbucli.convert.pipeline import ConvertOptions, convert_dataset
+from bbucli.data.bin_packing import first_fit_decreasing, pack_bins
 from bbucli.data.collators import PackedDataCollator, StandardDataCollator
-from bbucli.data.sampler import first_fit_decreasing, pack_bins
 from bbucli.inspection.batching import batching_stats, packed_bins
 from bbucli.inspection.source import InspectOptions, chat_processor
 from bbucli.model.loading import load_model

@@ -2,7 +2,7 @@
 
 Pure functions of token counts (no tensors), shared by `bbu inspect` and benchmarks/packing.py.
 A padded batch costs B x (its longest sample) token slots; a packed bin holds whole samples up to
-the budget (`bbucli.data.sampler.pack_bins`, what training uses) and its row is exactly
+the budget (`bbucli.data.bin_packing.pack_bins`, what training uses) and its row is exactly
 as long as its samples, so it carries no padding at all: what a bin can waste is budget left
 unused, i.e. more steps (or more memory reserved) than the tokens need.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bbucli.data.sampler import pack_bins
+from bbucli.data.bin_packing import pack_bins
 from bbucli.inspection.jsonable import to_jsonable
 
 
@@ -32,8 +32,8 @@ def standard_padding(lengths: Sequence[int], batch_size: int, *, sort: bool) -> 
 
 
 def packed_bins(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Bins of sample indices as training packs them (`pack_bins`: first-fit decreasing and a
-    repair that empties the least-full bins; oversized samples alone)."""
+    """Bins of sample indices as training packs them (`pack_bins`: value correction or first-fit
+    decreasing, then a repair that empties the least-full bins; oversized samples alone)."""
     return pack_bins(lengths, budget)
 
 
