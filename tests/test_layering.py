@@ -1,7 +1,7 @@
 """Imports point one way:
 
     cli -> train / infer / inspection / demo -> model / loss / data -> chat
-        -> convert / evaluation -> geometry / schema / taxonomy / teachers -> errors
+        -> convert / evaluation -> geometry / schema / taxonomy / teachers / folders -> errors
 
 A module may import its own part, any part of a lower layer, or a sibling part of its own layer as
 long as the siblings form no cycle. Only `bbucli/cli/` may import Typer or Rich.
@@ -20,7 +20,7 @@ PACKAGE = Path(bbucli.__file__).parent
 # The layer of each top-level part of the package (higher imports lower).
 LAYERS = {
     "errors": 0,
-    "geometry": 1, "schema": 1, "taxonomy": 1, "teachers": 1, "resources": 1,
+    "geometry": 1, "schema": 1, "taxonomy": 1, "teachers": 1, "resources": 1, "folders": 1,
     "convert": 2, "evaluation": 2,
     "chat": 3,
     "model": 4, "loss": 4, "data": 4,

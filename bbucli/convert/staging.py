@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bbucli.errors import BbuError
+from bbucli.folders import link_missing
 
 _PREVIOUS = ".previous"
 
@@ -83,7 +84,7 @@ class Staging:
         staged_images.mkdir(exist_ok=True)
         try:
             if images.is_dir():
-                _link_missing(images, staged_images)
+                link_missing(images, staged_images)
             for root in self._roots.values():
                 (root / _PREVIOUS).mkdir()
             with _sigint_deferred():
@@ -131,28 +132,6 @@ def _undo(staged: Path, target: Path, backup: Path | None) -> None:
             os.replace(backup, target)
     except OSError:
         pass
-
-
-def _link_missing(source: Path, dest: Path) -> None:
-    """Hard-link (or copy, where links are refused) every entry of `source` missing from `dest`."""
-    for entry in sorted(source.iterdir()):
-        target = dest / entry.name
-        if target.exists() or target.is_symlink():
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(entry, target)
-
-
-def _link_or_copy(src: str | Path, dst: str | Path) -> None:
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), dst)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bbucli.errors import ModelError
+from bbucli.folders import link_missing
 from bbucli.model.checkpoint_io import quiet_transformers, save_state
 from bbucli.model.checkpoint_layout import (
     CONFIG_FILE,
@@ -343,13 +344,6 @@ def _write_text(file: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _swap_in(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`; an existing `out` is swapped out and its foreign entries kept."""
     if not out.exists() and not out.is_symlink():
@@ -359,14 +353,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
         raise ModelError(
             f"{out} exists and is not a folder", hint="pass a new or checkpoint folder path"
         )
-    for entry in out.iterdir():
-        if entry.name in OWNED:
-            continue
-        target = tmp / entry.name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(str(entry), str(target))
+    link_missing(out, tmp, skip=OWNED)
     old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
     os.replace(out, old)
     try:
