@@ -6,14 +6,17 @@
 Writes N photo-like JPEGs (quality 92, a quarter of them stored sideways or upside down with an
 EXIF orientation, as phones do) into a temp folder, then times, in the same run:
   (a) naive: open, exif_transpose, LANCZOS resize to the smart_resize target, save JPEG;
-  (b) ours:  bbucli.convert.images.resize_to_file (draft decode, reduce, BICUBIC, transpose last);
+  (b) ours:  bbucli.convert.images.resize_to_file: JPEG draft decode (libjpeg scales by 1/2 here),
+             BICUBIC resample of that by torch's antialiased uint8 kernel on one thread (Pillow's
+             filter, SIMD), EXIF transpose of the small result, save JPEG;
   (c) ours in a process pool of each --workers size.
 Both paths write the same JPEG settings (quality 95, 4:4:4), so the ratio measures the pipeline.
 Each figure is the best of --repeat runs, (a) and (b) taking turns in each. Also prints PSNR of
 (b) against (a) before encoding (the quality guard), the same for (b) with a BILINEAR resample
 (cheaper, less sharp), and where (b)'s time goes: a cProfile of resize_to_file over every photo,
-its time split by the C call that spends it (JPEG decode, resample, transpose, JPEG encode, file
-system), with the speed-up that would remain if resampling cost nothing.
+its time split by the C call that spends it (JPEG decode, resample, copies of the pixels between
+Pillow and torch, transpose, JPEG encode, file system), with the speed-up that would remain if
+resampling cost nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from bbucli.convert.images import open_resized, resize_to_file
@@ -153,11 +157,23 @@ def time_pool(workers: int, jobs, repeat: int) -> float:
 # cProfile entries (file, line, name) -> stage: the C calls that do the work in resize_to_file.
 _STAGES = (
     ("decode", ("'decode' of 'ImagingDecoder'",)),
-    ("resample", ("'resize' of 'ImagingCore'", "'reduce' of 'ImagingCore'")),
+    (
+        "resample",
+        (
+            "'resize' of 'ImagingCore'",
+            "'reduce' of 'ImagingCore'",
+            "_upsample_bicubic2d_aa",
+            "_upsample_bilinear2d_aa",
+        ),
+    ),
+    ("pixel copies", ("numpy.array", "'join' of 'bytes'", "PIL._imaging.fill")),
     ("transpose", ("'transpose' of 'ImagingCore'",)),
     ("encode", ("'encode_to_file' of 'ImagingEncoder'", "'encode' of 'ImagingEncoder'")),
     ("file system", ("posix.", "'close' of '_io", "'write' of '_io", "io.open", "_io.open")),
 )
+# Pillow's raw codec packs pixels for numpy (Image.tobytes) and unpacks torch's result
+# (Image.frombytes) through the same C methods as the JPEG codec: the caller tells them apart.
+_COPY_CALLERS = ("tobytes", "frombytes")
 
 
 def profile_stages(jobs) -> dict[str, float]:
@@ -172,7 +188,12 @@ def profile_stages(jobs) -> dict[str, float]:
     stages = dict.fromkeys([name for name, _ in _STAGES] + ["Python"], 0.0)
     for (_, _, function), entry in stats.items():
         stage = next((name for name, keys in _STAGES if any(k in function for k in keys)), "Python")
-        stages[stage] += entry[2]
+        seconds = entry[2]
+        if stage in ("decode", "encode"):
+            copies = sum(t[2] for c, t in entry[4].items() if c[2] in _COPY_CALLERS)
+            stages["pixel copies"] += copies
+            seconds -= copies
+        stages[stage] += seconds
     assert abs(sum(stages.values()) - total) < 1e-9
     return {name: seconds / len(jobs) for name, seconds in stages.items()}
 
@@ -192,7 +213,10 @@ def machine() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores, {model}, Python {platform.python_version()}, Pillow {PIL.__version__}"
+    return (
+        f"{cores} cores, {model}, Python {platform.python_version()}, Pillow {PIL.__version__}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,21 +8,29 @@ height` and every raw box refer to). Sizes are `(width, height)` in PIL order.
 
 `resize_to_file` is a pure scale of the whole upright frame to `dst_wh` (no crop, no padding), so a
 box maps with `geometry.scale_box_xyxy(box, orig_wh, dst_wh)`. It is fast because it never decodes
-or resamples more pixels than it needs:
+or resamples more pixels than it needs, and resamples with SIMD:
 1. JPEG draft mode: libjpeg scales by 1/2, 1/4 or 1/8 inside the IDCT, chosen so the decoded image
    stays >= `draft_margin` x the target on both sides;
-2. resample in the stored frame (Pillow reduces by an integer factor first while the rest stays
-   >= `reducing_gap` x the target), with `box` set to the exact extent of the original image in the
-   drafted grid: libjpeg rounds a scaled size up, and that padded edge must not stretch the image;
+2. resample in the stored frame (an integer reduce first while the rest stays >= `reducing_gap` x
+   the target, as Pillow does), with `box` set to the exact extent of the original image in the
+   drafted grid: libjpeg rounds a scaled size up, and that padded edge must not stretch the image.
+   RGB is resampled by torch's antialiased uint8 kernel on one thread: Pillow's BICUBIC filter at
+   0.7 ms instead of 5.5 ms (within rounding of Pillow's result, see `_resize_rgb_with_torch`);
 3. apply the EXIF orientation to the small result (an exact pixel permutation, cheap at that size).
-Measured (benchmarks/convert.py, one core): 2.3x the images/s of decode + exif_transpose +
-LANCZOS at full size for 1440x1920 photos, 5.6x for 12 MP ones, at ~40 dB PSNR from that path.
-Its profile at 1440x1920 (ms per image, 17 in all): JPEG decode 6.6 (Huffman decoding, which no
-DCT scale skips: a 1/2 draft decodes in 85% of the full decode's time), BICUBIC resample 6.3,
-encode 2.1, file system 0.8, the rest Python. With resampling free it would be 3.4x; BILINEAR
-saves a third of the resample (2.7x) for 3.2 dB, so BICUBIC, the processor's own filter, stays.
-`draft_margin=1.25` keeps the PSNR >= ~38 dB for every source size (a draft landing within
-1.03x of the target measured 36 dB; 1.35x, 40 dB).
+Measured (benchmarks/convert.py, one process, on a 2-core EPYC shared with other jobs, so CPU time
+is the steadier figure): 3.4-4.4x the images per CPU-second of decode + exif_transpose + LANCZOS
+at full size for 1440x1920 photos (Pillow's own BICUBIC here: 3.0-3.1x), 6.8x for 12 MP ones, at
+39.2 dB minimum PSNR from that path. Profile at 1440x1920: the JPEG decode is half the time
+(Huffman decoding, which no DCT scale skips: a 1/2 draft decodes in 85% of the full decode's
+time), encode 15%, file system 12%, Python 7%, the resample 7-11%, the copies to and from torch 4%.
+Measured and dropped: decoding and encoding YCbCr to skip both colour conversions (libjpeg-turbo's
+SIMD conversions cost next to nothing: no faster, 0.3 dB less), libjpeg's fast IDCT without fancy
+upsampling (no faster at a 1/2 draft, 0.6 dB less, and only reachable through a private Pillow
+attribute), reading the file into memory first or in one block (no faster), Pillow's free-block
+cache (with torch loaded, glibc already reuses the freed memory: no page faults left to save).
+BILINEAR now saves under 1 ms for 3.2 dB, so BICUBIC, the processor's own filter, stays.
+`draft_margin=1.25` keeps the PSNR >= ~38 dB for every source size (a draft landing within 1.03x of
+the target measured 36 dB; 1.35x, 40 dB).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import ExifTags, Image
 
 from bbucli.errors import BbuError, DataError
@@ -55,6 +64,8 @@ _JPEG_SUBSAMPLING = 0
 _JPEG_OPTIMIZE = False
 # What the model's processor does to images with alpha (transformers' convert_to_rgb).
 _ALPHA_BACKGROUND = (255, 255, 255, 255)
+# Pillow filters whose torch antialiased counterpart computes the same weights.
+_TORCH_MODES = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}
 _UNREADABLE_HINT = "re-export the image, or remove it together with its annotation file"
 
 
@@ -100,9 +111,7 @@ def open_resized(
             # Everything up to the transpose happens in the stored frame.
             target = (dst_wh[1], dst_wh[0]) if swap else (int(dst_wh[0]), int(dst_wh[1]))
             box = _draft(image, target, draft_margin)
-            resized = _to_rgb_or_l(image).resize(
-                target, resample, box=box, reducing_gap=reducing_gap
-            )
+            resized = _resize(_to_rgb_or_l(image), target, resample, box, reducing_gap)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
         raise DataError(
             f"cannot decode image {src}: {_reason(err)}", hint=_UNREADABLE_HINT
@@ -177,6 +186,88 @@ def _draft(
     request = (math.ceil(target_wh[0] * margin), math.ceil(target_wh[1] * margin))
     drafted = image.draft("RGB", request)
     return None if drafted is None else drafted[1]
+
+
+def _resize(
+    image: Image.Image,
+    target_wh: tuple[int, int],
+    resample: Image.Resampling,
+    box: tuple[float, float, float, float] | None,
+    reducing_gap: float | None,
+) -> Image.Image:
+    """`image.resize(target_wh, resample, box=box, reducing_gap=reducing_gap)` for a `box` that
+    starts at (0, 0) (or None: the whole image). RGB with BICUBIC or BILINEAR goes through
+    torch's antialiased uint8 kernel (Pillow's filter, see `_resize_rgb_with_torch`); every other
+    mode and filter, and any size torch would round differently, stays with Pillow, whose output
+    is then byte for byte that of the call above."""
+    if reducing_gap is not None:
+        # Pillow's own first step (Image.resize): an integer box reduce while the rest of the
+        # scale stays >= reducing_gap. Its reduce box is the whole image for a box from (0, 0) to
+        # within a pixel of the far edge, as every box here is.
+        full = box or (0.0, 0.0, float(image.width), float(image.height))
+        factor = (
+            max(1, int(full[2] / target_wh[0] / reducing_gap)),
+            max(1, int(full[3] / target_wh[1] / reducing_gap)),
+        )
+        if factor != (1, 1) and resample != Image.Resampling.NEAREST:
+            image = image.reduce(factor)
+            box = (0.0, 0.0, full[2] / factor[0], full[3] / factor[1])
+    if image.mode == "RGB" and resample in _TORCH_MODES:
+        resized = _resize_rgb_with_torch(image, target_wh, _TORCH_MODES[resample], box)
+        if resized is not None:
+            return resized
+    return image.resize(target_wh, resample, box=box)
+
+
+def _resize_rgb_with_torch(
+    image: Image.Image,
+    target_wh: tuple[int, int],
+    mode: str,
+    box: tuple[float, float, float, float] | None,
+) -> Image.Image | None:
+    """RGB `image`, its extent `box` (from (0, 0); None: the whole image) resampled to exactly
+    `target_wh` by `torch.nn.functional.interpolate(..., antialias=True)` on one thread; None
+    when torch's output size for that box would not be `target_wh`.
+
+    Why torch: its uint8 antialiased kernel computes Pillow's separable filter (same support,
+    same a = -0.5 cubic, fixed-point weights) with SIMD: 0.7 ms, plus 1 ms copying the pixels
+    between Pillow and torch, where Pillow takes 5.5 ms for 720x960 -> 532x728. Only the rounding
+    between the two passes differs from Pillow's result: >= 54 dB PSNR over random sizes, boxes
+    and scales, at most 7 levels on a few edge pixels. One thread: the convert pool is the
+    parallelism, and no OpenMP thread pool starts in a process that may fork workers later. A
+    box narrower than the image (libjpeg's rounded-up draft edge) is passed as the scale factor
+    `target / box`, which torch turns into the output size floor(size * scale): the target when
+    the padding is under a target pixel, which is checked rather than assumed."""
+    import torch  # here, not at the top: 0.8 s to import, which `to_rgb` users must not pay
+
+    width, height = image.size
+    target_hw = (target_wh[1], target_wh[0])
+    scale_hw = None  # None: the box is the whole image
+    if box is not None and (box[2], box[3]) != (width, height):
+        scale_hw = (target_hw[0] / box[3], target_hw[1] / box[2])
+        if (math.floor(height * scale_hw[0]), math.floor(width * scale_hw[1])) != target_hw:
+            return None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # (1, 3, H, W) viewing (1, H, W, 3) memory: channels-last strides, which the kernel reads
+        # and writes as such (a (3, H, W) view made 4-D instead yields planar output: 1 ms more).
+        pixels = torch.from_numpy(np.array(image)).unsqueeze(0).permute(0, 3, 1, 2)
+        if scale_hw is None:
+            out = torch.nn.functional.interpolate(pixels, size=target_hw, mode=mode, antialias=True)
+        else:
+            out = torch.nn.functional.interpolate(
+                pixels,
+                scale_factor=scale_hw,
+                recompute_scale_factor=False,
+                mode=mode,
+                antialias=True,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    if tuple(out.shape[2:]) != target_hw:
+        return None
+    return Image.fromarray(out[0].permute(1, 2, 0).numpy())
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
