@@ -30,7 +30,11 @@ decoder, a trivial loss over every slot), in four configurations:
 Then the training step: what `bbu train configs/tiny.yaml` runs per step, built by
 `bbucli.train.build` from that config (detection head, multi-task loss: LM, boxes, objectness,
 captions; attention `sdpa_varlen`) on the same K=1 train episodes from its dataset: forward, loss,
-backward, padded (file order, length-sorted) vs packed rows of --budget. Twice: with 256 answer
+backward, padded (file order, length-sorted) vs packed rows of --budget, and vs packed rows with
+as many samples per step as the padded batches (the smallest budget giving no more rows than
+there are padded batches): every step pays the same fixed costs (the LM loss's draw of
+`lm_max_tokens`, matching, the optimizer update), so only padding and attention differ; rows of
+--budget take more, smaller steps than batches of --batch-size. Twice: with 256 answer
 tokens scored by the LM loss per step (tiny.yaml's `loss.lm_max_tokens`), and with every answer
 token (`lm_max_tokens=null`, what a real-size config does): the tiny model's (128 x 151k) lm_head
 then costs most of the step, the same padded or packed.
@@ -230,18 +234,26 @@ def training_step_times(
     folder: Path, args: argparse.Namespace, lm_max_tokens: int | None
 ) -> dict[str, Any]:
     """Median seconds of `bbu train`'s forward + loss + backward over the first
-    --timing-samples train episodes: padded (file order, length-sorted) vs packed."""
+    --timing-samples train episodes: padded (file order, length-sorted) vs packed rows of
+    --budget, and vs packed rows as few as the padded batches (`equal_steps_budget`)."""
     model, loss_fn, dataset = training_parts(folder, lm_max_tokens)
     samples = [dataset[i] for i in range(min(args.timing_samples, len(dataset)))]
     real = sum(s.length for s in samples)
+    lengths = [s.length for s in samples]
     b = args.batch_size
     standard, packed = StandardDataCollator(PAD_ID), PackedDataCollator()
     ordered = sorted(samples, key=lambda s: s.length)
-    bins = packed_bins([s.length for s in samples], args.budget)
+    padded = [standard(samples[i : i + b]) for i in range(0, len(samples), b)]
+    equal = equal_steps_budget(lengths, len(padded))
     configs = {
-        "padded, file order": [standard(samples[i : i + b]) for i in range(0, len(samples), b)],
+        "padded, file order": padded,
         "padded, length-sorted": [standard(ordered[i : i + b]) for i in range(0, len(ordered), b)],
-        "packed, sdpa_varlen": [packed([samples[i] for i in bin_]) for bin_ in bins],
+        "packed, sdpa_varlen": [
+            packed([samples[i] for i in bin_]) for bin_ in packed_bins(lengths, args.budget)
+        ],
+        "packed, equal steps": [
+            packed([samples[i] for i in bin_]) for bin_ in packed_bins(lengths, equal)
+        ],
     }
 
     def step(batch: dict) -> None:
@@ -261,17 +273,38 @@ def training_step_times(
     print(f" bbu train step (configs/tiny.yaml), LM loss over {title}:")
     for name, batches in configs.items():
         slots = sum(batch["input_ids"].numel() for batch in batches)
+        budget = {
+            "packed, sdpa_varlen": f", rows of {args.budget}",
+            "packed, equal steps": (f", rows of {equal}"),
+        }.get(name, "")
         print(
-            f"  {name:<29} {len(batches)} steps, {slots:>6,} slots "
+            f"  {name:<29} {len(batches)} steps{budget}, {slots:>6,} slots "
             f"({100 * (1 - real / slots):4.1f}% pad): {seconds[name]:6.2f} s, "
             f"{1e6 * seconds[name] / real:6.1f} us/real token"
         )
-    packed_s = seconds["packed, sdpa_varlen"]
-    print(
-        f"  -> packed: {seconds['padded, file order'] / packed_s:.2f}x padded file order, "
-        f"{seconds['padded, length-sorted'] / packed_s:.2f}x padded length-sorted (per real token)"
-    )
-    return {"episodes": len(samples), "real_tokens": real, "seconds": seconds}
+    for name in ("packed, sdpa_varlen", "packed, equal steps"):
+        print(
+            f"  -> {name}: {seconds['padded, file order'] / seconds[name]:.2f}x padded file "
+            f"order, {seconds['padded, length-sorted'] / seconds[name]:.2f}x padded length-sorted "
+            "(per real token)"
+        )
+    return {
+        "episodes": len(samples),
+        "real_tokens": real,
+        "equal_steps_budget": equal,
+        "seconds": seconds,
+    }
+
+
+def equal_steps_budget(lengths: list[int], steps: int, granularity: int = 1024) -> int:
+    """The smallest budget (a multiple of `granularity`) whose packed rows are no more than
+    `steps`: packed rows then carry as many samples per step as the padded batches, so the
+    per-step costs (the LM loss's `lm_max_tokens` draw, matching, the optimizer update) are
+    paid as often on both sides."""
+    budget = -(-max(lengths) // granularity) * granularity
+    while len(packed_bins(lengths, budget)) > steps:
+        budget += granularity
+    return budget
 
 
 def build_parser() -> argparse.ArgumentParser:
