@@ -28,9 +28,9 @@ HELP = """Run the whole loop on the embedded default: raw photos -> JSONL -> ins
 
 Generates a synthetic set of 300 photos into OUT/raw (or, with --examples, takes the 16 photos of examples/raw in the working directory, a clone's root: the loop runs but they are too few to learn from), converts into OUT/data/, trains into OUT/run/, evaluates the final checkpoint's detection head on the val split into OUT/eval/ and generates answers for 8 val images into OUT/eval/lm/. Ends with the metrics table and the files worth opening next; OUT/demo.json holds the numbers.
 
-The training length is --steps N (default 500, under 7 minutes in all on 2 CPU cores; the same run everywhere), or a time budget --minutes M turned into steps by timing one batch first. OUT must be new or empty.
+The training length is --steps N (default 800, about 7 minutes in all on 2 CPU cores; the same run everywhere), or a time budget --minutes M turned into steps by timing one batch first. OUT must be new or empty.
 
---teachers K runs the few-shot path: K label-blind teachers per student in training (re-drawn every epoch) and the checkpoint's K teachers in eval, as bbu predict uses them. A teacher makes each step longer: the default length is then 300 steps, a little shorter in all than the default demo.
+--teachers K runs the few-shot path: K label-blind teachers per student in training (re-drawn every epoch) and the checkpoint's K teachers in eval, as bbu predict uses them. A teacher makes each step longer: the default length is then 500 steps, a little shorter in all than the default demo.
 
 [bold]Examples[/]
 
@@ -117,7 +117,7 @@ def _look_next(result: DemoResult) -> Table:
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for every artefact (new or empty).")] = Path("runs/demo"),
     minutes: Annotated[float | None, typer.Option("--minutes", help="Time budget of the training instead of --steps, turned into steps by timing one batch.")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 500, 300 with --teachers: the same run on every machine).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 800, 500 with --teachers: the same run on every machine).")] = None,
     examples: Annotated[bool, typer.Option("--examples", help="Convert the 16 photos of ./examples/raw (a clone's root) instead of generating 300.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated set, the split and the model.")] = 0,
     teachers: Annotated[int, typer.Option("--teachers", help=TEACHERS_HELP)] = 0,

@@ -16,24 +16,27 @@ so the default demo is the same run on every machine: same seed, same data, same
 numbers (up to floating-point reduction order across CPU kinds). A time budget (`minutes`) is
 turned into steps instead: one batch is timed through the training dry run, and the steps that fit
 in the budget's training share are planned from it. The step count is sized for the slower of the
-2-core CPUs it was tried on: 650 steps took 499 s in all on one (Intel Xeon) but 671 s on another
-(AMD EPYC). A shorter run ends its cosine schedule sooner, so it is not the 650-step run cut
-short: AP50 was 0.447 after 400 steps and 0.601 after 500 with one torch thread (0.684 with two);
-the 500-step demo took 6 min 39 s in all on the AMD machine.
+2-core CPUs it was tried on (AMD EPYC; an Intel Xeon ran the same steps 1.35x faster): 800 steps
+took 7 min 4 s in all there and reached AP50 0.743. The LM loss scores 64 answer tokens per step
+(`loss.lm_max_tokens`): the tiny model's 151k-word output layer over 256 of them was half of a
+step (60 steps: 58 s of training at 256, 29 s at 64), so the same minutes now buy 800 steps
+instead of 500 (0.588 AP50 at 500 steps and 256 tokens, 6 min 59 s, the same day and machine).
 
 `teachers` K > 0 is the few-shot demo: `bbu convert` writes K label-blind teachers per student
 (`bbucli.teachers`), training shows each student K teachers drawn again from the pool every epoch
 (`TEACHER_OVERRIDES`), and the evaluation prompts every val image with the K teachers the
-checkpoint carries, as `bbu predict` does. A teacher doubles the tokens of a step but not its time
-(the 151k-vocabulary output layer and the head cost the same): `DEFAULT_TEACHER_STEPS` few-shot
-steps took as much CPU time in all as 400 steps without teachers.
+checkpoint carries, as `bbu predict` does. A teacher doubles the tokens of a step: the
+`DEFAULT_TEACHER_STEPS` few-shot steps took 6 min 14 s in all with K=1 (AP50 0.677), a little less
+than the default demo.
 
 The demo's defaults were tuned on a 2-core CPU (benchmarks/learning.py draws the curve): 224x308
 images (88 vision tokens), padded batches of 8 students grouped by length, no teachers in the
 prompt by default (each lengthens every step), a system prompt without the class list (~60 tokens instead
-of ~430), two-stage token boxes starting 0.6 cells wide (most objects are 12-20 px), at most 256
-answer tokens in the LM loss per step (about 1.2 ms each on 2 cores, for the 151k-vocabulary
-output layer; with 128 the answers often never closed their list), 4 decoder layers, a pixel stem read at every query's box (`detection.stem_width`: without
+of ~430), two-stage token boxes starting 0.6 cells wide (most objects are 12-20 px), at most 64
+answer tokens in the LM loss per step (the 151k-vocabulary output layer costs about 1.2 ms per
+token on 2 cores; earlier, at 500 steps, 128 tokens often left the answers' JSON list unclosed,
+and the generated answers of both the 256-token 500-step run and this one parsed 0 of 8: the
+detection head is what the demo trains in its minutes), 4 decoder layers, a pixel stem read at every query's box (`detection.stem_width`: without
 it the boxes of 15-25 px objects could not be placed inside a 28 px token cell, and AP50 stayed
 near 0.2), matching with a spatial prior (`loss.cost_center`), learning rates of
 1e-3 (5e-4 for the vision tower; 2e-3 learnt slower), and a synthetic set of closer photos
@@ -64,8 +67,8 @@ if TYPE_CHECKING:
     from bbucli.train.callbacks import TrainProgress
     from bbucli.train.run import TrainResult
 
-DEFAULT_STEPS = 500
-DEFAULT_TEACHER_STEPS = 300
+DEFAULT_STEPS = 800
+DEFAULT_TEACHER_STEPS = 500
 DEMO_IMAGES = 300
 DEMO_IMAGE_SIZE = (448, 616)  # generated photos; converted down to 224x308
 DEMO_MAX_PIXELS = 8 * 11 * 28 * 28  # 224x308: an 8x11 merged grid, 88 vision tokens
@@ -80,7 +83,7 @@ DEMO_OVERRIDES = (
     "data.num_teachers=0", "data.packing=false", "data.batch_size=8", "data.group_by_length=true",
     "data.prompt_classes=false", "detection.token_boxes=true", "detection.ref_cells=0.6",
     "detection.layers=4", "detection.stem_width=32", "loss.token_matches=1",
-    "loss.lm_max_tokens=256", "loss.cost_center=100",
+    "loss.lm_max_tokens=64", "loss.cost_center=100",
     "optim.lrs.vision=5e-4", "optim.lrs.merger=1e-3", "optim.lrs.llm=1e-3",
     "optim.lrs.detection=1e-3", "optim.lrs.adapter=1e-3",
     "train.optim=adamw_torch_fused", "train.num_train_epochs=1000", "train.logging_steps=10",
