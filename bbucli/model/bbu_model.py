@@ -105,6 +105,10 @@ class BBUModel(nn.Module):
     that decoder layer, negative from the end); -1 (default) is the final normalised output.
     """
 
+    #: Keys the Trainer's resume state leaves out (`BBUTrainer` sets them: the frozen parameters,
+    #: rebuilt from `model.path` on resume); the Trainer reads the name when it loads that state.
+    _keys_to_ignore_on_save: list[str] | None = None
+
     def __init__(
         self,
         qwen: nn.Module,
@@ -177,6 +181,11 @@ class BBUModel(nn.Module):
             text_layer=text_layer,
             vision_source=vision_source,
         )
+
+    def tie_weights(self) -> None:
+        """Tie the Qwen part's embeddings and lm_head again where its config ties them (the
+        Trainer calls it after loading a resume state that leaves out `_keys_to_ignore_on_save`)."""
+        self.qwen.tie_weights()
 
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
         """Activation checkpointing of the Qwen part (the head is small); keywords as transformers'

@@ -15,6 +15,11 @@ Only documented hooks are overridden:
 - `save_model`: writes the bbu checkpoint layout (`save_fn`, i.e. `save_checkpoint`) into the
   folder, plus `model.safetensors` in the Trainer's own checkpoints of a run without DeepSpeed
   (what the Trainer reloads on resume; under DeepSpeed the engine's `global_step*/` holds it).
+  That file holds the parameters that train and the buffers: frozen parameters (a LoRA run's
+  base, groups with learning rate 0) never change, the resumed run rebuilds them from
+  `model.path`, and the Trainer's loader accepts their absence because the model lists them in
+  `_keys_to_ignore_on_save` (3B with LoRA: adapters, merger and head, a few hundred MB, without
+  the 7.5 GB base).
 - `log`: adds to each training log every loss component (means over the logging window, this
   rank's), the learning rate of every group used by the last step (`lr_<group>`), tokens/s (this
   rank's rate times the world size, evaluation time left out), the vision-token share and the
@@ -185,6 +190,7 @@ class BBUTrainer(Trainer):
         self._step_lrs: dict[str, float] = {}
         #: Samples skipped because their images could not be read: student image -> reason.
         self.unreadable: dict[str, str] = {}
+        model._keys_to_ignore_on_save = frozen_keys(model) or None
 
     # ---- the loss ------------------------------------------------------------------------------
 
@@ -391,11 +397,21 @@ class BBUTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def frozen_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the parameters that do not train (tied names included)."""
+    return sorted(
+        name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
+    )
+
+
 def _resume_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full state dict on the CPU, tied tensors (embeddings and lm_head) stored once each
-    (safetensors refuses shared storage), so `load_state_dict` finds every key."""
+    """The state dict on the CPU without the frozen parameters (`_keys_to_ignore_on_save`), tied
+    tensors (embeddings and lm_head) stored once each (safetensors refuses shared storage)."""
     state, seen = {}, set()
+    skip = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
     for key, value in model.state_dict().items():
+        if key in skip:
+            continue
         value = value.detach().to("cpu").contiguous()
         ptr = value.untyped_storage().data_ptr()
         state[key] = value.clone() if ptr in seen else value

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from bbucli.infer.inference import Inference
 from bbucli.model.checkpoint import is_checkpoint, load_checkpoint
@@ -19,6 +20,7 @@ from bbucli.schema import read_episodes
 from bbucli.train.build import build_run
 from bbucli.train.config.loading import load_config
 from bbucli.train.run import run_training
+from bbucli.train.trainer import RESUME_WEIGHTS
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 STEPS = 6
@@ -144,6 +146,11 @@ def test_a_resumed_lora_run_has_the_uninterrupted_losses(tiny_overrides, tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert (checkpoint / "adapter_model.safetensors").is_file()
+    # The Trainer's resume state holds what trains, not the frozen base it is rebuilt from.
+    with safe_open(checkpoint / RESUME_WEIGHTS, "pt") as state:
+        keys = set(state.keys())
+    assert any(".lora_A." in k for k in keys) and any(k.startswith("head.") for k in keys)
+    assert not any(k.endswith(".base_layer.weight") or "embed_tokens" in k for k in keys)
     assert resumed.resumed_from == checkpoint and [s for s, _ in resumed.losses] == [3, 4]
     # Gradients reach the adapters through the checkpointed layers: every B left zero.
     final = load_checkpoint(resumed.final_checkpoint).model.named_parameters()
