@@ -104,6 +104,8 @@ def windows_attention_forward(
     dropout = float(kwargs.get("dropout", 0.0)) if module.training else 0.0
     scale = kwargs.get("scaling")
     groups = _window_groups(cu, q.shape[0])
+    if not groups:  # no token at all
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
     if len(groups) == 1:  # every window the same length: a reshape, no gather
         count = q.shape[0] // groups[0].shape[1]
         windows = [t.reshape(count, -1, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
