@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bbucli.schema import Problem
+from bbucli.train.config.objective import GROUPS, LearningRates, LossSection, OptimSection
 from bbucli.train.config.overrides import apply_overrides, read_yaml
 from bbucli.train.config.passthrough import train_argument_problems
 from bbucli.train.config.problems import (
@@ -30,7 +31,6 @@ from bbucli.train.config.problems import (
     unknown_key,
 )
 from bbucli.train.config.schema import (
-    GROUPS,
     MAX_PIXELS,
     MIN_PIXELS,
     PATH_KEYS,
@@ -38,10 +38,7 @@ from bbucli.train.config.schema import (
     BbuConfig,
     DataSection,
     DetectionSection,
-    LearningRates,
-    LossSection,
     ModelSection,
-    OptimSection,
     TrainSection,
 )
 from bbucli.train.config.validation import Target, semantic_problems

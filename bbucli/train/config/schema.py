@@ -9,22 +9,23 @@
     deepspeed:  null, a path to a DeepSpeed JSON, or the same JSON inline
 
 Every field carries a `description`: the README's config reference is generated from them
-(`tools.config_reference`). Loading, overrides and validation live in
-`bbucli.train.config.loading`, which re-exports these names.
+(`tools.config_reference`). The loss and optim sections live in `bbucli.train.config.objective`,
+the strict scalar types and the section base in `bbucli.train.config.fields`. Loading, overrides
+and validation live in `bbucli.train.config.loading`, which re-exports these names.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bbucli.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from bbucli.loss.costs import DEFAULT_COSTS
-from bbucli.loss.weights import DEFAULT_WEIGHTS
 from bbucli.model.lora import DEFAULT_TARGETS
 from bbucli.train.config.deepspeed_checks import effective_dtype
+from bbucli.train.config.fields import Bool, Float, Int, Section, Str
+from bbucli.train.config.objective import GROUPS, LossSection, OptimSection
 from bbucli.train.config.overrides import dump_yaml
 from bbucli.train.config.passthrough import train_argument_problems
 
@@ -32,22 +33,12 @@ if TYPE_CHECKING:
     from bbucli.model.head import HeadConfig
     from bbucli.model.lora import LoraSpec
 
-# Strict scalars: YAML `true` is not an int, `1` is not a bool, `"2e-5"` is not a float.
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Float = Annotated[float, Strict()]  # ints are accepted
-Str = Annotated[str, Strict()]
 
 MIN_PIXELS = DEFAULT_MIN_PIXELS  # the names `loading` re-exports
 MAX_PIXELS = DEFAULT_MAX_PIXELS
-GROUPS = ("vision", "merger", "llm", "detection", "adapter")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LoraSection(_Section):
+class LoraSection(Section):
     """LoRA adapters (peft) on the Qwen part: the base weights are frozen, the adapters join the
     parameter group of the module they wrap (optim.lrs.llm, optim.lrs.vision)."""
 
@@ -69,7 +60,7 @@ class LoraSection(_Section):
         return LoraSpec(self.r, float(self.alpha), float(self.dropout), tuple(self.targets))
 
 
-class ModelSection(_Section):
+class ModelSection(Section):
     """Which Qwen2.5-VL, its dtype and attention kernel, the processor's pixel limits, the seed."""
 
     path: Str = Field(
@@ -114,7 +105,7 @@ class ModelSection(_Section):
     )
 
 
-class DataSection(_Section):
+class DataSection(Section):
     """The JSONL files `bbu convert` wrote (OUT.jsonl, OUT.val.jsonl, OUT.teachers.jsonl), the
     prompt language, token budgets, packing, teachers per student and DataLoader workers."""
 
@@ -179,7 +170,7 @@ class DataSection(_Section):
         return self
 
 
-class DetectionSection(_Section):
+class DetectionSection(Section):
     """`HeadConfig` fields except llm_hidden and caption_vocab_size (known once the model and the
     data are), plus `BBUModel`'s text_layer and whether to build the caption decoder."""
 
@@ -229,89 +220,6 @@ class DetectionSection(_Section):
         return HeadConfig(llm_hidden=llm_hidden, caption_vocab_size=vocab, **fields)
 
 
-class LossSection(_Section):
-    """total = teacher_weight*teacher_lm + student_weight*student_lm + bbox_l1_weight*l1
-    + bbox_giou_weight*giou + objectness_weight*obj + caption_weight*caption, with the Hungarian
-    matcher's costs and the objectness focal loss. Names and defaults come from
-    `bbucli.loss.weights.LossWeights` and `bbucli.loss.costs.MatchCosts`."""
-
-    teacher_weight: Float = Field(DEFAULT_WEIGHTS.teacher_weight, ge=0.0, description=(
-        "weight of the LM loss on the teachers' answers"))
-    student_weight: Float = Field(DEFAULT_WEIGHTS.student_weight, ge=0.0, description=(
-        "weight of the LM loss on the student's answer"))
-    bbox_l1_weight: Float = Field(DEFAULT_WEIGHTS.bbox_l1_weight, ge=0.0, description=(
-        "weight of the L1 box loss of matched queries"))
-    bbox_giou_weight: Float = Field(DEFAULT_WEIGHTS.bbox_giou_weight, ge=0.0, description=(
-        "weight of the GIoU loss of matched queries"))
-    objectness_weight: Float = Field(DEFAULT_WEIGHTS.objectness_weight, ge=0.0, description=(
-        "weight of the objectness focal loss"))
-    caption_weight: Float = Field(DEFAULT_WEIGHTS.caption_weight, ge=0.0, description=(
-        "weight of the caption loss (only with detection.captions)"))
-    cost_obj: Float = Field(DEFAULT_COSTS.cost_obj, ge=0.0, description=(
-        "Hungarian matching cost of objectness"))
-    cost_bbox: Float = Field(DEFAULT_COSTS.cost_bbox, ge=0.0, description=(
-        "Hungarian matching cost of the L1 box distance"))
-    cost_giou: Float = Field(DEFAULT_COSTS.cost_giou, ge=0.0, description=(
-        "Hungarian matching cost of the GIoU"))
-    cost_center: Float = Field(DEFAULT_COSTS.cost_center, ge=0.0, description=(
-        "Hungarian matching cost of a query whose token cell is outside the target box grown by half "
-        "a cell (a spatial prior: objects match the queries around them; 0: off, 100: a hard rule)"))
-    focal_alpha: Float = Field(DEFAULT_COSTS.focal_alpha, description=(
-        "objectness focal loss alpha (weight of positives)"))
-    focal_gamma: Float = Field(DEFAULT_COSTS.focal_gamma, ge=0.0, description=(
-        "objectness focal loss gamma (focusing exponent)"))
-    aux: Bool = Field(
-        True, description="detection losses on every decoder layer, not just the last"
-    )
-    token_aux: Bool = Field(
-        True,
-        description="objectness loss on the vision tokens' scores (what picks the top-K queries)",
-    )
-    token_matches: Int = Field(
-        1,
-        ge=1,
-        description="with detection.token_boxes: tokens matched to every target in the token "
-        "stage's box loss (one-to-many: more box supervision per image)",
-    )
-    lm_max_tokens: Int | None = Field(
-        None,
-        ge=1,
-        description="answer tokens scored by the LM loss per training step, a random subset drawn "
-        "afresh each step, per answer segment so that the teacher and student means stay unbiased "
-        "(null: all; evaluation always scores all, so eval_loss is exact); for small models on CPU "
-        "where the 151k-vocabulary lm_head dominates a step",
-    )
-
-
-class LearningRates(_Section):
-    """Peak learning rate of each parameter group; 0 freezes the group."""
-
-    vision: Float = Field(0.0, ge=0.0, description="the vision encoder (ViT)")
-    merger: Float = Field(
-        1e-5, ge=0.0, description="the patch merger projecting vision tokens into the LLM"
-    )
-    llm: Float = Field(1e-5, ge=0.0, description="the language model, lm_head included")
-    detection: Float = Field(
-        1e-4, ge=0.0, description="the detection head (random initial weights)"
-    )
-    adapter: Float = Field(
-        1e-4, ge=0.0, description="the head's vision and language adapters from the LLM hidden size"
-    )
-
-
-class OptimSection(_Section):
-    """AdamW over the five parameter groups (the schedule is train.lr_scheduler_type/warmup_steps)."""
-
-    lrs: LearningRates = Field(
-        LearningRates(), description="peak learning rate per parameter group; 0 freezes a group"
-    )
-    weight_decay: Float = Field(0.0, ge=0.0, description="AdamW weight decay")
-    betas: tuple[Float, Float] = Field(
-        (0.9, 0.999), description="AdamW (beta1, beta2), each in [0, 1)"
-    )
-    eps: Float = Field(1e-8, gt=0.0, description="AdamW epsilon")
-
-
 class TrainSection(BaseModel):
     """TrainingArguments fields (checked against `dataclasses.fields(TrainingArguments)` by
     `train_argument_problems`) plus bbu's own `resume`. Fields owned by other sections
@@ -343,7 +251,7 @@ class TrainSection(BaseModel):
         return {"output_dir": str(self.output_dir), **(self.model_extra or {})}
 
 
-class BbuConfig(_Section):
+class BbuConfig(Section):
     """One training run. Build it with `load_config` (full validation); constructing it directly
     checks structure and types only (`validate_config` adds the cross-field and file checks)."""
 
