@@ -15,16 +15,13 @@ Only documented hooks are overridden:
 - `save_model`: writes the bbu checkpoint layout (`save_fn`, i.e. `save_checkpoint`) into the
   folder, plus `model.safetensors` in the Trainer's own checkpoints of a run without DeepSpeed
   (what the Trainer reloads on resume; under DeepSpeed the engine's `global_step*/` holds it).
-  That file holds the parameters that train and the buffers: frozen parameters (a LoRA run's
-  base, groups with learning rate 0) never change, the resumed run rebuilds them from
-  `model.path`, and the Trainer's loader accepts their absence because the model lists them in
-  `_keys_to_ignore_on_save` (3B with LoRA: adapters, merger and head, a few hundred MB, without
-  the 7.5 GB base).
+  That file holds what trains and the buffers, not the frozen parameters
+  (`bbucli.train.resume_state`).
 - `log`: adds to each training log every loss component (means over the logging window, this
   rank's), the learning rate of every group used by the last step (`lr_<group>`), tokens/s (this
   rank's rate times the world size, evaluation time left out), the vision-token share and the
   padding fraction (the unused share of the packed rows' token budget, or the padded share of
-  padded batches); eval logs get `eval_<component>`.
+  padded batches), summed by `bbucli.train.meter.StepMeter`; eval logs get `eval_<component>`.
 
 Callbacks (`MetricsFile`, `ProgressReporter`, in `bbucli.train.callbacks`) change *when* things are
 written or reported; the checkpoint-N folder names are in `bbucli.train.checkpoint_dirs`.
@@ -63,6 +60,8 @@ from bbucli.train.checkpoint_dirs import (
     TRAINER_STATE,
     latest_checkpoint,
 )
+from bbucli.train.meter import StepMeter
+from bbucli.train.resume_state import frozen_keys, resume_state
 
 # Also the public names of the callbacks and checkpoint folders, which callers import from here.
 __all__ = [
@@ -100,63 +99,6 @@ class Batching:
     group_by_length: bool = False
 
 
-class _Meter:
-    """Sums of loss components and token counts over the steps since the last flush."""
-
-    def __init__(self) -> None:
-        self.reset()
-        # The first window starts with the first step, not with building the trainer.
-        self.since: float | None = None
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.counts: dict[str, int] = {}
-        self.tokens = 0
-        self.vision = 0
-        self.padding = 0
-        self.capacity = 0
-        self.since = time.perf_counter()
-
-    def add(
-        self,
-        breakdown: LossBreakdown,
-        batch: Mapping[str, Any],
-        image_token_id: int,
-        row_budget: int | None,
-        started: float,
-    ) -> None:
-        if self.since is None:
-            self.since = started
-        # The total is the Trainer's own `loss` (averaged over ranks); the components are added.
-        for key, value in breakdown.losses.items():
-            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
-            self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + 1
-        ids = batch["input_ids"]
-        mask = batch.get("attention_mask")
-        real = int(ids.numel() if mask is None else mask.sum())
-        self.tokens += real
-        self.vision += int((ids == image_token_id).sum())
-        if mask is None and row_budget:  # a packed row: the unused share of its budget
-            self.padding += max(row_budget - real, 0)
-            self.capacity += max(row_budget, real)
-        else:
-            self.padding += ids.numel() - real
-            self.capacity += ids.numel()
-
-    def flush(
-        self, prefix: str = "", world_size: int = 1, throughput: bool = True
-    ) -> dict[str, float]:
-        out = {f"{prefix}{k}": float(v) / self.counts[k] for k, v in self.sums.items()}
-        if throughput and self.tokens:
-            elapsed = max(time.perf_counter() - (self.since or time.perf_counter()), 1e-9)
-            out["tokens_per_s"] = self.tokens * world_size / elapsed
-            out["vision_share"] = self.vision / self.tokens
-            out["padding"] = self.padding / max(self.capacity, 1)
-        self.reset()
-        return out
-
-
 class BBUTrainer(Trainer):
     """The Trainer for a `BBUModel` (see the module docstring).
 
@@ -185,8 +127,8 @@ class BBUTrainer(Trainer):
         self.save_fn = save_fn
         # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
-        self._train_meter = _Meter()
-        self._eval_meter = _Meter()
+        self._train_meter = StepMeter()
+        self._eval_meter = StepMeter()
         self._step_lrs: dict[str, float] = {}
         #: Samples skipped because their images could not be read: student image -> reason.
         self.unreadable: dict[str, str] = {}
@@ -359,7 +301,7 @@ class BBUTrainer(Trainer):
 
                     folder.mkdir(parents=True, exist_ok=True)
                     save_file(
-                        _resume_state(self.model),
+                        resume_state(self.model),
                         str(folder / RESUME_WEIGHTS),
                         metadata={"format": "pt"},
                     )
@@ -395,25 +337,3 @@ class BBUTrainer(Trainer):
             logs.update(self._eval_meter.flush(prefix="eval_", throughput=False))
             self._train_meter.since = time.perf_counter()  # tokens/s counts training time only
         super().log(logs, start_time)
-
-
-def frozen_keys(model: torch.nn.Module) -> list[str]:
-    """State-dict keys of the parameters that do not train (tied names included)."""
-    return sorted(
-        name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
-    )
-
-
-def _resume_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict on the CPU without the frozen parameters (`_keys_to_ignore_on_save`), tied
-    tensors (embeddings and lm_head) stored once each (safetensors refuses shared storage)."""
-    state, seen = {}, set()
-    skip = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
-    for key, value in model.state_dict().items():
-        if key in skip:
-            continue
-        value = value.detach().to("cpu").contiguous()
-        ptr = value.untyped_storage().data_ptr()
-        state[key] = value.clone() if ptr in seen else value
-        seen.add(ptr)
-    return state
