@@ -89,7 +89,7 @@ from bbucli.model.bbu_model import BBUModel
 from bbucli.model.param_groups import build_param_groups
 from bbucli.model.varlen_attention import ATTN_VARLEN, ATTN_WINDOWS, register_varlen_attention
 from bbucli.schema import Sample, read_episodes
-from bbucli.train.build import build_loss, build_vocabulary, learning_rates
+from bbucli.train.build import attach_head, build_loss, build_vocabulary, learning_rates
 from bbucli.train.build_data import build_conversation
 from bbucli.train.config.loading import BbuConfig, load_config
 
@@ -175,15 +175,7 @@ def build_bbu(
         )
         vision = ATTN_WINDOWS if vision_attn == "windows" else "sdpa"
         qwen.set_attn_implementation({"vision_config": vision})
-        hidden = int(qwen.config.text_config.hidden_size)
-        head_config = cfg.detection.head_config(hidden, vocab.size if vocab is not None else 0)
-        bbu = BBUModel(
-            qwen,
-            head_config,
-            caption_vocab=vocab,
-            text_layer=cfg.detection.text_layer,
-            vision_source=cfg.detection.vision_source,
-        )
+        bbu = attach_head(cfg, qwen, vocab)
     build_param_groups(bbu, learning_rates(cfg), cfg.optim.weight_decay)
     return bbu
 

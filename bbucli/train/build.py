@@ -101,7 +101,6 @@ def build_model(cfg: BbuConfig, vocab: CaptionVocab | None, lrs: dict[str, float
     are frozen except the merger's (trained unless its learning rate is 0)."""
     import torch
 
-    from bbucli.model.bbu_model import BBUModel
     from bbucli.model.loading import load_model
     from bbucli.model.param_groups import build_param_groups
 
@@ -117,17 +116,7 @@ def build_model(cfg: BbuConfig, vocab: CaptionVocab | None, lrs: dict[str, float
         attn_implementation=None if model.attn == "auto" else model.attn,
         seed=model.seed,
     )
-    hidden = int(qwen.config.text_config.hidden_size)
-    head_config = cfg.detection.head_config(hidden, vocab.size if vocab is not None else 0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(model.seed)
-        bbu = BBUModel(
-            qwen,
-            head_config,
-            caption_vocab=vocab,
-            text_layer=cfg.detection.text_layer,
-            vision_source=cfg.detection.vision_source,
-        )
+    bbu = attach_head(cfg, qwen, vocab)
     if model.lora is not None:
         from bbucli.model.lora import apply_lora
 
@@ -140,6 +129,26 @@ def build_model(cfg: BbuConfig, vocab: CaptionVocab | None, lrs: dict[str, float
             merger.float()  # trained: fp32 master weights, like the adapters
     build_param_groups(bbu, lrs, cfg.optim.weight_decay)
     return bbu
+
+
+def attach_head(cfg: BbuConfig, qwen: Any, vocab: CaptionVocab | None) -> BBUModel:
+    """`qwen` with the detection head of the `detection` section, its initial weights drawn
+    from `model.seed` (the global RNG left as it was), on the current default device."""
+    import torch
+
+    from bbucli.model.bbu_model import BBUModel
+
+    hidden = int(qwen.config.text_config.hidden_size)
+    head_config = cfg.detection.head_config(hidden, vocab.size if vocab is not None else 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.model.seed)
+        return BBUModel(
+            qwen,
+            head_config,
+            caption_vocab=vocab,
+            text_layer=cfg.detection.text_layer,
+            vision_source=cfg.detection.vision_source,
+        )
 
 
 def build_loss(cfg: BbuConfig, processor: VLProcessor, vocab: CaptionVocab | None) -> MultiTaskLoss:
