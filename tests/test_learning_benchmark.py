@@ -3,27 +3,16 @@ time ticks are round."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
+from tests.benchmark_scripts import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def learning():
-    spec = importlib.util.spec_from_file_location("bbu_benchmark_learning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the module runs
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("learning") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture
@@ -46,7 +35,9 @@ def test_render_table_lists_every_row(learning, rows):
 
 
 def test_plot_curve_writes_a_png(learning, rows, tmp_path):
-    png = learning.plot_curve(rows, tmp_path / "sub" / "learning.png", "bbu demo: 30 steps\nsome CPU")
+    png = learning.plot_curve(
+        rows, tmp_path / "sub" / "learning.png", "bbu demo: 30 steps\nsome CPU"
+    )
     assert png.stat().st_size > 0
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == (learning.WIDTH, learning.HEIGHT)

@@ -4,15 +4,13 @@ lands where --out says."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+from tests.benchmark_scripts import benchmark_module
+
 SECTIONS = ("setup", "packed_equals_padded", "train_step_3b", "inference", "zero2")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,14 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def gpu():
-    spec = importlib.util.spec_from_file_location("bbu_benchmark_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("gpu") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")
