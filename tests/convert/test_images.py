@@ -345,3 +345,15 @@ def test_8bit_images_are_left_as_they_are():
     for mode in ("L", "RGB", "P", "1"):
         image = Image.new(mode, (4, 4))
         assert to_8bit(image) is image
+
+
+def test_phone_photos_take_the_torch_kernel(tmp_path: Path) -> None:
+    """The speed of `resize_to_file` is torch's kernel: a 1440x1920 photo's draft (box = the
+    whole 1/2 decode) and an odd size's padded draft box both go through it (None would mean
+    Pillow's fallback, which the comparison with Pillow above cannot tell apart)."""
+    from bbucli.convert.images import _resize_rgb_with_torch
+
+    for src_wh, box in (((720, 960), None), ((721, 965), (0.0, 0.0, 720.5, 964.5))):
+        image = photo_like((400, 300)).resize(src_wh)
+        out = _resize_rgb_with_torch(image, (532, 728), "bicubic", box)
+        assert out is not None and out.size == (532, 728) and out.mode == "RGB"
